@@ -1,0 +1,33 @@
+# wilss-pipeline: weakly incremental learning for semantic segmentation.
+#
+#   snakemake --cores all                                # the full VOC matrix of config.yaml
+#   snakemake --cores all --configfile config/demo.yaml  # generated demo data, minutes on a CPU
+#   snakemake --profile profiles/slurm                   # the same DAG on a SLURM cluster
+#
+# The DAG: [make_demo_data | download] → prepare_data → splits → train_base → evaluate → report.
+
+import os
+
+from snakemake.utils import min_version, validate
+
+min_version("9.0")
+
+
+# Relative to the Snakefile, so `snakemake -s path/to/Snakefile -d workdir` works from anywhere;
+# data and results paths stay relative to the working directory.
+configfile: os.path.join(workflow.basedir, "config.yaml")
+
+
+validate(config, "schemas/config.schema.yaml")
+
+
+include: "rules/common.smk"
+include: "rules/data.smk"
+include: "rules/base.smk"
+include: "rules/evaluate.smk"
+
+
+rule all:
+    input:
+        all_targets(),
+    default_target: True

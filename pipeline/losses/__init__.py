@@ -1,0 +1,1 @@
+"""Losses, one module per paper; every function cites the equation it implements."""

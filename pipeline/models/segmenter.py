@@ -1,0 +1,181 @@
+"""DeepLabV3 on a timm backbone, with a classifier that grows one block of classes per step.
+
+The papers (WILSON Sec. 4.3, FMWISS Sec. 4.2) use DeepLabV3 (Chen et al. 2017) on ImageNet
+ResNet-101 with output stride 16. The encoder is any ``timm`` model name (``resnet101.tv_in1k``
+= torchvision's ImageNet weights, the papers' choice), built with ``features_only`` and the
+requested output stride; the ASPP head is torchvision's. ``pretrained`` selects the weights:
+
+- ``imagenet``: the timm tag's pretrained weights (downloaded by timm on first use; needs network)
+- ``none``: random initialisation (tests, the demo, machines without network)
+- any other string: a local checkpoint file for the backbone, loaded by timm
+  (``pretrained_cfg_overlay={"file": path}``).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import timm
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+from torchvision.models.segmentation.deeplabv3 import ASPP
+
+from pipeline.io import atomic_path
+
+#: ASPP atrous rates per output stride (DeepLabV3, Sec. 3.3: rates are doubled at stride 8).
+ATROUS_RATES = {8: (12, 24, 36), 16: (6, 12, 18), 32: (3, 6, 9)}
+
+
+def build_backbone(name: str, output_stride: int = 16, pretrained: str = "none") -> nn.Module:
+    """A timm encoder returning its last feature map.
+
+    Args:
+        name: timm model name, optionally with a pretrained tag (``resnet101.tv_in1k``).
+        output_stride: 8, 16 or 32 (dilation replaces the last strides).
+        pretrained: ``imagenet``, ``none`` or a path to a local checkpoint of the backbone.
+    Returns:
+        ``nn.Module`` mapping (B, 3, H, W) float images to a list with one (B, F, H/os, W/os) map;
+        ``.feature_info.channels()[-1]`` is F.
+    Raises:
+        ValueError: unknown output stride or model name; FileNotFoundError: missing checkpoint.
+    """
+    if output_stride not in ATROUS_RATES:
+        raise ValueError(f"model.output_stride={output_stride}: expected one of {sorted(ATROUS_RATES)}")
+    kwargs: dict[str, Any] = dict(features_only=True, out_indices=(-1,), output_stride=output_stride)
+    if pretrained == "none":
+        kwargs["pretrained"] = False
+    elif pretrained == "imagenet":
+        kwargs["pretrained"] = True
+    else:
+        path = Path(pretrained)
+        if not path.is_file():
+            raise FileNotFoundError(f"model.pretrained={pretrained!r}: no such checkpoint file")
+        kwargs.update(pretrained=True, pretrained_cfg_overlay={"file": str(path)})
+    try:
+        return timm.create_model(name, **kwargs)
+    except RuntimeError as err:
+        if "Unknown model" in str(err):
+            raise ValueError(f"model.backbone={name!r}: not a timm model name ({err})") from err
+        raise
+
+
+class IncrementalClassifier(nn.Module):
+    """1x1 classifier made of one block of output channels per learning step (MiB, WILSON).
+
+    ``forward`` maps (B, D, h, w) features to (B, sum(classes_per_step), h, w) logits, channel
+    order = class index (block 0 holds background and the base classes).
+    """
+
+    def __init__(self, in_channels: int, classes_per_step: list[int]):
+        super().__init__()
+        self.in_channels = in_channels
+        self.blocks = nn.ModuleList(nn.Conv2d(in_channels, n, 1) for n in classes_per_step)
+
+    @property
+    def classes_per_step(self) -> list[int]:
+        return [block.out_channels for block in self.blocks]
+
+    @property
+    def num_classes(self) -> int:
+        return sum(self.classes_per_step)
+
+    def forward(self, features: Tensor) -> Tensor:
+        return torch.cat([block(features) for block in self.blocks], dim=1)
+
+    def add_step(self, num_new: int, init_from_background: bool = True) -> None:
+        """Append a block of ``num_new`` classes.
+
+        With ``init_from_background`` the new channels copy the background weights and the
+        background bias and the new biases are lowered by log(num_new + 1), so the background
+        probability is split evenly between background and the new classes at the start of the
+        step (MiB, Cermelli et al. CVPR 2020, Sec. 3.4). Old logits are unchanged.
+        """
+        block = nn.Conv2d(self.in_channels, num_new, 1).to(self.blocks[0].weight.device)
+        if init_from_background:
+            background = self.blocks[0]
+            shift = math.log(num_new + 1)
+            with torch.no_grad():
+                block.weight.copy_(background.weight[:1].expand_as(block.weight))
+                block.bias.fill_(float(background.bias[0]) - shift)
+                background.bias[0] -= shift
+        self.blocks.append(block)
+
+
+class Segmenter(nn.Module):
+    """DeepLabV3: encoder → ASPP head (256 channels) → incremental classifier.
+
+    ``forward(x)`` takes (B, 3, H, W) normalised float images and returns a dict:
+    ``out`` (B, C, H, W) logits at input resolution, ``features`` (B, F, H/os, W/os) encoder
+    features (what WILSON's localizer and FMWISS' teacher read), ``head`` (B, 256, H/os, W/os).
+    """
+
+    def __init__(self, backbone: nn.Module, classes_per_step: list[int], output_stride: int, head_channels: int = 256):
+        super().__init__()
+        self.backbone = backbone
+        in_channels = backbone.feature_info.channels()[-1]
+        self.head = nn.Sequential(
+            ASPP(in_channels, list(ATROUS_RATES[output_stride]), head_channels),
+            nn.Conv2d(head_channels, head_channels, 3, padding=1, bias=False),
+            nn.BatchNorm2d(head_channels),
+            nn.ReLU(inplace=True),
+        )
+        self.classifier = IncrementalClassifier(head_channels, classes_per_step)
+
+    @property
+    def num_classes(self) -> int:
+        return self.classifier.num_classes
+
+    def forward(self, x: Tensor) -> dict[str, Tensor]:
+        features = self.backbone(x)[-1]
+        head = self.head(features)
+        logits = self.classifier(head)
+        out = F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
+        return {"out": out, "features": features, "head": head}
+
+
+def build_segmenter(model_cfg: dict, classes_per_step: list[int]) -> Segmenter:
+    """Build a :class:`Segmenter` from the ``model`` section of the config.
+
+    Args:
+        model_cfg: ``{"backbone": str, "output_stride": int, "pretrained": str}``.
+        classes_per_step: output channels of each classifier block, e.g. [16] at step 0 of 15-5.
+    """
+    backbone = build_backbone(model_cfg["backbone"], model_cfg["output_stride"], model_cfg["pretrained"])
+    return Segmenter(backbone, list(classes_per_step), model_cfg["output_stride"])
+
+
+def save_model(path: str | Path, model: Segmenter, meta: dict) -> None:
+    """Save weights and the metadata needed to rebuild the model (atomic write).
+
+    ``meta`` must hold ``model`` (the config section) and may hold anything JSON-like (task,
+    step, classes, metrics of training). ``classes_per_step`` is taken from the model.
+    """
+    meta = dict(meta, classes_per_step=model.classifier.classes_per_step)
+    with atomic_path(path) as tmp:
+        torch.save({"state_dict": model.state_dict(), "meta": meta}, tmp)
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[Segmenter, dict]:
+    """Rebuild a model saved by :func:`save_model` (backbone always built with ``pretrained: none``,
+    then overwritten by the saved weights, so loading never needs the network).
+
+    Raises:
+        FileNotFoundError: no such file; ValueError: the file is not a model of this pipeline.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: model file not found")
+    try:
+        payload = torch.load(path, map_location=device, weights_only=False)
+    except Exception as err:  # torch raises UnpicklingError, RuntimeError, EOFError... for bad files
+        raise ValueError(f"{path}: not a readable model file ({err})") from err
+    if not isinstance(payload, dict) or "state_dict" not in payload or "meta" not in payload:
+        raise ValueError(f"{path}: not a wilss-pipeline model (expected keys state_dict, meta)")
+    meta = payload["meta"]
+    model_cfg = dict(meta["model"], pretrained="none")
+    model = build_segmenter(model_cfg, meta["classes_per_step"])
+    model.load_state_dict(payload["state_dict"])
+    return model.to(device), meta

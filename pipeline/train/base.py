@@ -1,0 +1,70 @@
+"""Stage ``train-base``: step 0 of a task, the segmentation model learns the base classes from pixel
+labels (WILSON Sec. 4.3; MiB Sec. 4). Writes ``model.pt`` and ``history.csv`` in ``--outdir``;
+resumes from ``checkpoint.pt`` there after an interruption."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from pipeline.data.tasks import pixel_target_lut, task_steps
+from pipeline.data.transforms import TrainTransform
+from pipeline.eval.evaluate import make_validator
+from pipeline.io import read_json
+from pipeline.methods import build_objective
+from pipeline.models import build_segmenter, save_model
+from pipeline.train.common import parse_params, set_threads, setup_logging, step_dataset
+from pipeline.train.loop import LoopConfig, Trainer, fingerprint, resolve_device, seed_everything
+
+log = logging.getLogger("pipeline.train.base")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--split", required=True, help="step0.json written by the splits stage")
+    parser.add_argument("--data", required=True, help="dataset index JSON written by prepare-data")
+    parser.add_argument("--params", required=True,
+                        help='JSON: {"model": {...}, "train": {...}} (config sections model and train_base)')
+    parser.add_argument("--outdir", required=True, help="run directory (model.pt, history.csv, checkpoint.pt)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
+    parser.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
+
+
+def run(args: argparse.Namespace) -> None:
+    setup_logging()
+    set_threads(args.threads)
+    params = parse_params(args.params)
+    model_cfg, train = params["model"], params["train"]
+    split = read_json(args.split)
+    if split.get("step") != 0:
+        raise ValueError(f"{args.split}: train-base needs the split of step 0, got step {split.get('step')}")
+    task = split["task"]
+    device = resolve_device(args.device)
+    outdir = Path(args.outdir)
+
+    lut = pixel_target_lut(task, 0)
+    dataset = step_dataset(args.data, split["ids"], TrainTransform(train["crop_size"], tuple(train["scale_range"]), lut))
+    log.info("task %s %s step 0: %d training images, classes %s, device %s",
+             task, split["protocol"], len(dataset), split["seen_classes"], device)
+
+    seed_everything(args.seed)
+    classes_per_step = [len(task_steps(task)[0])]
+    model = build_segmenter(model_cfg, classes_per_step)
+    objective = build_objective("base", loss=train["loss"], head_lr_mult=train["head_lr_mult"])
+    cfg = LoopConfig(epochs=train["epochs"], batch_size=train["batch_size"], lr=train["lr"],
+                     momentum=train["momentum"], weight_decay=train["weight_decay"],
+                     poly_power=train["poly_power"], seed=args.seed, amp=train["amp"],
+                     eval_every=train["eval_every"])
+    validate = make_validator(args.data, task, 0, device, batch_size=train["eval_batch_size"]) if train["eval_every"] else None
+    trainer = Trainer(model, objective, dataset, cfg, outdir, device, workers=args.workers, validate=validate,
+                      tag=fingerprint(model_cfg, train, split["ids"]))
+    history = trainer.fit()
+    save_model(outdir / "model.pt", model, {
+        "model": model_cfg, "task": task, "protocol": split["protocol"], "step": 0, "method": "base",
+        "seed": args.seed, "seen_classes": split["seen_classes"], "train": train,
+        "final_loss": history[-1]["loss"] if history else None,
+    })
+    trainer.remove_checkpoint()
+    log.info("wrote %s", outdir / "model.pt")

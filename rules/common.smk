@@ -1,0 +1,81 @@
+# Paths and helpers shared by the rules: the artifact paths are the contract between stages.
+import json
+import os
+import shlex
+
+from pipeline.data.tasks import num_steps
+
+DATASET = config["dataset"]["name"]
+ROOT = config["dataset"]["root"]
+EXP = config["experiments"]
+ENV = "../envs/pipeline.yaml"
+
+# Make the package importable inside conda environments too (it is installed in the quick start's venv).
+shell.prefix(f"export PYTHONPATH={shlex.quote(workflow.basedir)}${{PYTHONPATH:+:$PYTHONPATH}}; ")
+
+
+wildcard_constraints:
+    dataset=r"[A-Za-z0-9_.\-]+",
+    task=r"\d+(-\d+)+",
+    protocol="disjoint|overlap",
+    seed=r"\d+",
+    step=r"\d+",
+    method="[a-z_]+",
+
+
+DATA_INDEX = "results/{dataset}/dataset.json"
+SPLIT = "results/{dataset}/splits/{task}-{protocol}/step{step}.json"
+SPLIT_SUMMARY = "results/{dataset}/splits/{task}-{protocol}/summary.json"
+RUN = "results/{dataset}/{task}-{protocol}/seed{seed}/step{step}/{method}"
+LOGS = "logs/{rule}/{dataset}"
+BENCH = "results/{dataset}/benchmarks/{rule}"
+REPORT_DIR = "results/report"
+
+
+def dataset_path(key):
+    """An id list of the dataset, resolved against the root unless absolute."""
+    path = config["dataset"][key]
+    return path if os.path.isabs(path) else os.path.join(ROOT, path)
+
+
+def dataset_lists(wildcards=None):
+    """Inputs of prepare_data: the id lists when a rule makes them (synthetic data) or they exist;
+    otherwise none, and prepare_data stops with an error that says how to get the data."""
+    lists = [dataset_path("train_list"), dataset_path("val_list")]
+    if config["dataset"]["kind"] == "synthetic" or all(os.path.exists(p) for p in lists):
+        return lists
+    return []
+
+
+def params_json(**sections):
+    """Config sections as one JSON string for a stage's --params (quoted with {params.x:q})."""
+    return json.dumps(sections, sort_keys=True)
+
+
+def res(kind):
+    """Cluster resources of a job kind (config.resources): gpu, mem_mb, runtime."""
+    return config["resources"][kind]
+
+
+def all_targets():
+    """Everything `snakemake` builds by default: step-0 metrics of every task x protocol x seed,
+    the split summaries and the report."""
+    targets = []
+    for task in EXP["tasks"]:
+        for protocol in EXP["protocols"]:
+            targets.append(SPLIT_SUMMARY.format(dataset=DATASET, task=task, protocol=protocol))
+            for seed in EXP["seeds"]:
+                targets.append(RUN.format(dataset=DATASET, task=task, protocol=protocol, seed=seed, step=0, method="base") + "/metrics.json")
+    targets.append(f"{REPORT_DIR}/summary.md")
+    return targets
+
+
+def evaluated_runs():
+    """(metrics.json, history.csv) of every run the report shows."""
+    runs = []
+    for task in EXP["tasks"]:
+        for protocol in EXP["protocols"]:
+            for seed in EXP["seeds"]:
+                run = RUN.format(dataset=DATASET, task=task, protocol=protocol, seed=seed, step=0, method="base")
+                runs.append((f"{run}/metrics.json", f"{run}/history.csv"))
+    return runs

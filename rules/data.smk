@@ -1,0 +1,101 @@
+# Data: the generated demo set or VOC (+ optional download), pair checks, incremental splits.
+
+
+if config["dataset"]["kind"] == "synthetic":
+
+    rule make_demo_data:
+        output:
+            train=dataset_path("train_list"),
+            val=dataset_path("val_list"),
+        params:
+            cfg=config["synthetic"],
+        log:
+            f"logs/make_demo_data/{DATASET}.log",
+        benchmark:
+            f"results/{DATASET}/benchmarks/make_demo_data.tsv"
+        threads: config["threads"]["data"]
+        resources:
+            **res("light"),
+        conda:
+            ENV
+        shell:
+            "python -m pipeline make-demo-data --root {ROOT:q} --n-train {params.cfg[n_train]}"
+            " --n-val {params.cfg[n_val]} --size {params.cfg[size]} --seed {params.cfg[seed]}"
+            " --workers {threads} > {log} 2>&1"
+
+else:
+
+    rule download:
+        # Run only when asked: `snakemake --cores 2 download`. Needs network (VOC 2012 + SBD, ~3.5 GB).
+        output:
+            done=os.path.join(ROOT, "DONE.json"),
+        log:
+            f"logs/download/{DATASET}.log",
+        resources:
+            **res("light"),
+        conda:
+            ENV
+        shell:
+            "python -m pipeline download --root {ROOT:q} > {log} 2>&1"
+
+
+rule prepare_data:
+    input:
+        dataset_lists,
+    output:
+        DATA_INDEX,
+    params:
+        root=ROOT,
+        train=dataset_path("train_list"),
+        val=dataset_path("val_list"),
+        mask_dir=config["dataset"]["mask_dir"],
+    log:
+        LOGS + ".log",
+    benchmark:
+        BENCH + ".tsv"
+    threads: config["threads"]["data"]
+    resources:
+        **res("light"),
+    conda:
+        ENV
+    shell:
+        "python -m pipeline prepare-data --root {params.root:q} --train-list {params.train:q}"
+        " --val-list {params.val:q} --mask-dir {params.mask_dir:q} --workers {threads}"
+        " --output {output:q} > {log} 2>&1"
+
+
+rule splits:
+    input:
+        data=DATA_INDEX,
+    output:
+        SPLIT,
+    params:
+        relaxed="--relaxed" if EXP["relaxed_labels"] else "",
+    log:
+        LOGS + "/{task}-{protocol}/step{step}.log",
+    resources:
+        **res("light"),
+    conda:
+        ENV
+    shell:
+        "python -m pipeline splits --index {input.data:q} --dataset {wildcards.dataset} --task {wildcards.task}"
+        " --protocol {wildcards.protocol} --step {wildcards.step} {params.relaxed} --out {output:q} > {log} 2>&1"
+
+
+rule split_summary:
+    input:
+        data=DATA_INDEX,
+    output:
+        summary=SPLIT_SUMMARY,
+        csv=SPLIT_SUMMARY.replace(".json", ".csv"),
+    params:
+        relaxed="--relaxed" if EXP["relaxed_labels"] else "",
+    log:
+        LOGS + "/{task}-{protocol}/summary.log",
+    resources:
+        **res("light"),
+    conda:
+        ENV
+    shell:
+        "python -m pipeline splits --index {input.data:q} --dataset {wildcards.dataset} --task {wildcards.task}"
+        " --protocol {wildcards.protocol} {params.relaxed} --summary {output.summary:q} > {log} 2>&1"
