@@ -14,15 +14,15 @@ rule train_base:
         device=config["device"],
         workers=config["workers"],
     log:
-        LOGS + "/{task}-{protocol}/seed{seed}.log",
+        log_path("train_base", "/{task}-{protocol}/seed{seed}.log"),
     benchmark:
-        BENCH + "/{task}-{protocol}/seed{seed}.tsv"
+        bench_path("train_base", "/{task}-{protocol}/seed{seed}.tsv")
     threads: config["threads"]["train"]
     resources:
         **res("train"),
     conda:
         ENV
     shell:
-        "python -m pipeline train-base --split {input.split:q} --data {input.data:q} --params {params.cfg:q}"
+        "{PYTHON} -m pipeline train-base --split {input.split:q} --data {input.data:q} --params {params.cfg:q}"
         " --outdir {params.outdir:q} --seed {wildcards.seed} --device {params.device} --workers {params.workers}"
         " --threads {threads} > {log} 2>&1"

@@ -2,6 +2,9 @@
 import json
 import os
 import shlex
+import sys
+
+from snakemake.settings.types import DeploymentMethod
 
 from pipeline.data.tasks import num_steps
 
@@ -10,8 +13,14 @@ ROOT = config["dataset"]["root"]
 EXP = config["experiments"]
 ENV = "../envs/pipeline.yaml"
 
+# The interpreter of the jobs: the conda env's python with --use-conda, otherwise the one running
+# Snakemake (the quick start's venv), whether or not that venv is activated.
+USE_CONDA = DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method
+PYTHON = "python" if USE_CONDA else shlex.quote(sys.executable)
+
 # Make the package importable inside conda environments too (it is installed in the quick start's venv).
-shell.prefix(f"export PYTHONPATH={shlex.quote(workflow.basedir)}${{PYTHONPATH:+:$PYTHONPATH}}; ")
+# (Snakemake formats the prefix too: literal braces are doubled.)
+shell.prefix("export PYTHONPATH=" + shlex.quote(workflow.basedir) + "${{PYTHONPATH:+:$PYTHONPATH}}; ")
 
 
 wildcard_constraints:
@@ -27,8 +36,17 @@ DATA_INDEX = "results/{dataset}/dataset.json"
 SPLIT = "results/{dataset}/splits/{task}-{protocol}/step{step}.json"
 SPLIT_SUMMARY = "results/{dataset}/splits/{task}-{protocol}/summary.json"
 RUN = "results/{dataset}/{task}-{protocol}/seed{seed}/step{step}/{method}"
-LOGS = "logs/{rule}/{dataset}"
-BENCH = "results/{dataset}/benchmarks/{rule}"
+
+
+def log_path(rule, suffix=".log"):
+    """logs/<rule>/{dataset}<suffix>: one log per job, named by the job's wildcards."""
+    return f"logs/{rule}/{{dataset}}{suffix}"
+
+
+def bench_path(rule, suffix=".tsv"):
+    """Snakemake benchmark file (wall time, memory) of one job."""
+    return f"results/{{dataset}}/benchmarks/{rule}{suffix}"
+
 REPORT_DIR = "results/report"
 
 

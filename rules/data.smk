@@ -19,7 +19,7 @@ if config["dataset"]["kind"] == "synthetic":
         conda:
             ENV
         shell:
-            "python -m pipeline make-demo-data --root {ROOT:q} --n-train {params.cfg[n_train]}"
+            "{PYTHON} -m pipeline make-demo-data --root {ROOT:q} --n-train {params.cfg[n_train]}"
             " --n-val {params.cfg[n_val]} --size {params.cfg[size]} --seed {params.cfg[seed]}"
             " --workers {threads} > {log} 2>&1"
 
@@ -36,7 +36,7 @@ else:
         conda:
             ENV
         shell:
-            "python -m pipeline download --root {ROOT:q} > {log} 2>&1"
+            "{PYTHON} -m pipeline download --root {ROOT:q} > {log} 2>&1"
 
 
 rule prepare_data:
@@ -46,20 +46,20 @@ rule prepare_data:
         DATA_INDEX,
     params:
         root=ROOT,
-        train=dataset_path("train_list"),
-        val=dataset_path("val_list"),
+        train=config["dataset"]["train_list"],  # relative to root, as in the config
+        val=config["dataset"]["val_list"],
         mask_dir=config["dataset"]["mask_dir"],
     log:
-        LOGS + ".log",
+        log_path("prepare_data", ".log"),
     benchmark:
-        BENCH + ".tsv"
+        bench_path("prepare_data", ".tsv")
     threads: config["threads"]["data"]
     resources:
         **res("light"),
     conda:
         ENV
     shell:
-        "python -m pipeline prepare-data --root {params.root:q} --train-list {params.train:q}"
+        "{PYTHON} -m pipeline prepare-data --root {params.root:q} --train-list {params.train:q}"
         " --val-list {params.val:q} --mask-dir {params.mask_dir:q} --workers {threads}"
         " --output {output:q} > {log} 2>&1"
 
@@ -72,13 +72,13 @@ rule splits:
     params:
         relaxed="--relaxed" if EXP["relaxed_labels"] else "",
     log:
-        LOGS + "/{task}-{protocol}/step{step}.log",
+        log_path("splits", "/{task}-{protocol}/step{step}.log"),
     resources:
         **res("light"),
     conda:
         ENV
     shell:
-        "python -m pipeline splits --index {input.data:q} --dataset {wildcards.dataset} --task {wildcards.task}"
+        "{PYTHON} -m pipeline splits --index {input.data:q} --dataset {wildcards.dataset} --task {wildcards.task}"
         " --protocol {wildcards.protocol} --step {wildcards.step} {params.relaxed} --out {output:q} > {log} 2>&1"
 
 
@@ -91,11 +91,11 @@ rule split_summary:
     params:
         relaxed="--relaxed" if EXP["relaxed_labels"] else "",
     log:
-        LOGS + "/{task}-{protocol}/summary.log",
+        log_path("split_summary", "/{task}-{protocol}/summary.log"),
     resources:
         **res("light"),
     conda:
         ENV
     shell:
-        "python -m pipeline splits --index {input.data:q} --dataset {wildcards.dataset} --task {wildcards.task}"
+        "{PYTHON} -m pipeline splits --index {input.data:q} --dataset {wildcards.dataset} --task {wildcards.task}"
         " --protocol {wildcards.protocol} {params.relaxed} --summary {output.summary:q} > {log} 2>&1"

@@ -14,16 +14,16 @@ rule evaluate:
         device=config["device"],
         batch_size=config["evaluate"]["batch_size"],
     log:
-        LOGS + "/{task}-{protocol}/seed{seed}/step{step}/{method}.log",
+        log_path("evaluate", "/{task}-{protocol}/seed{seed}/step{step}/{method}.log"),
     benchmark:
-        BENCH + "/{task}-{protocol}/seed{seed}/step{step}/{method}.tsv"
+        bench_path("evaluate", "/{task}-{protocol}/seed{seed}/step{step}/{method}.tsv")
     threads: config["threads"]["evaluate"]
     resources:
         **res("evaluate"),
     conda:
         ENV
     shell:
-        "python -m pipeline evaluate --model {input.model:q} --data {input.data:q} --split {input.split:q}"
+        "{PYTHON} -m pipeline evaluate --model {input.model:q} --data {input.data:q} --split {input.split:q}"
         " --out {output.metrics:q} --pred-dir {output.predictions:q} --batch-size {params.batch_size}"
         " --device {params.device} --threads {threads} > {log} 2>&1"
 
@@ -50,6 +50,6 @@ rule report:
     conda:
         ENV
     shell:
-        "python -m pipeline report --metrics {input.metrics:q} --histories {input.histories:q}"
+        "{PYTHON} -m pipeline report --metrics {input.metrics:q} --histories {input.histories:q}"
         " --outdir {params.outdir:q} --figures-dir {output.figures:q} --qualitative {params.qualitative}"
         " > {log} 2>&1"

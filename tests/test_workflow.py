@@ -24,10 +24,9 @@ def job_counts(output: str) -> dict[str, int]:
     counts = {}
     for line in table.splitlines()[3:]:
         match = re.match(r"^(\w+)\s+(\d+)$", line.strip())
-        if match:
-            counts[match.group(1)] = int(match.group(2))
-        elif line.strip().startswith("total"):
+        if not match or match.group(1) == "total":
             break
+        counts[match.group(1)] = int(match.group(2))
     return counts
 
 
