@@ -1,0 +1,17 @@
+"""Shared pytest fixtures."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def demo_root(tmp_path_factory) -> Path:
+    """The default generated demo dataset (600 train + 120 val images, 96 px, seed 0)."""
+    from pipeline.data.synthetic import generate
+
+    root = tmp_path_factory.mktemp("demo")
+    generate(root, seed=0, workers=2)
+    return root
