@@ -274,6 +274,7 @@ def test_voc_segmentation_dataset(mini, metadata):
     assert sample["id"] == ids[2]
     assert sample["image"].shape == (height, width, 3) and sample["image"].dtype == np.uint8
     assert sample["mask"].shape == (height, width) and sample["mask"].dtype == np.uint8
+    assert sample["image"].flags.writeable and sample["mask"].flags.writeable  # transforms may edit in place
     present = sorted(set(np.unique(sample["mask"]).tolist()) - {0, 255})
     assert present == metadata[ids[2]]["classes"]
     flipped = VOCSegmentation(mini, ids, transform=lambda s: {**s, "mask": s["mask"][:, ::-1]})[2]

@@ -1,0 +1,1 @@
+"""Datasets (VOC+SBD, generated demo set), incremental tasks and protocols, transforms."""

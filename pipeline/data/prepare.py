@@ -1,0 +1,81 @@
+"""Stage ``prepare-data``: check every image/mask pair of a dataset and index class presence.
+
+Reads the train and val id lists, checks each pair (:func:`pipeline.data.voc.index_dataset`)
+and writes one JSON::
+
+    {"root": abs root, "mask_dir": abs mask folder, "images": bool,
+     "splits": {"train": [ids], "val": [ids]},
+     "index": {id: {"height": int, "width": int, "classes": [int, ...]}}}
+
+Any bad input raises :class:`pipeline.data.voc.DatasetError` and nothing is written.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections import Counter
+from pathlib import Path
+
+from pipeline.data.voc import DatasetError, index_dataset, read_ids, resolve_mask_dir
+from pipeline.io import write_json
+
+DEFAULT_TRAIN_LIST = "ImageSets/Segmentation/train_aug.txt"
+DEFAULT_VAL_LIST = "ImageSets/Segmentation/val.txt"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``python -m pipeline prepare-data``."""
+    parser.add_argument("--root", type=Path, required=True, help="dataset root (VOC layout)")
+    parser.add_argument("--train-list", type=Path, default=Path(DEFAULT_TRAIN_LIST),
+                        help="train id list; a relative path is resolved against --root")
+    parser.add_argument("--val-list", type=Path, default=Path(DEFAULT_VAL_LIST),
+                        help="val id list; a relative path is resolved against --root")
+    parser.add_argument("--mask-dir", default="auto",
+                        help="mask folder under --root; 'auto': SegmentationClassAug if present, "
+                             "else SegmentationClass")
+    parser.add_argument("--labels-only", action="store_true",
+                        help="masks only: do not read or require JPEGImages/")
+    parser.add_argument("--workers", type=int, default=0, help="worker processes (0: none)")
+    parser.add_argument("--output", type=Path, required=True, help="index JSON to write")
+
+
+def prepare(root: Path, train_list: Path, val_list: Path, mask_dir: str = "auto",
+            images: bool = True, workers: int = 0) -> dict:
+    """Build the prepare-data document (see the module docstring) without writing it.
+
+    Raises:
+        DatasetError: a list is missing or has duplicates, an id is in both lists, or any pair
+            is bad.
+    """
+    root = Path(root).resolve()
+    lists = {name: path if path.is_absolute() else root / path
+             for name, path in (("train", Path(train_list)), ("val", Path(val_list)))}
+    splits = {name: read_ids(path) for name, path in lists.items()}
+    both = sorted(set(splits["train"]) & set(splits["val"]))
+    if both:
+        shown = ", ".join(repr(i) for i in both[:5]) + (", ..." if len(both) > 5 else "")
+        raise DatasetError(
+            f"id {shown} listed in both {lists['train']} and {lists['val']} ({len(both)} in all); "
+            "expected disjoint train and val lists"
+        )
+    masks = resolve_mask_dir(root, mask_dir)
+    index = index_dataset(root, splits["train"] + splits["val"], masks, images=images, workers=workers)
+    return {"root": str(root), "mask_dir": str(masks), "images": images, "splits": splits, "index": index}
+
+
+def summary(doc: dict) -> str:
+    """One line: images per split and, per class, images containing it (train/val)."""
+    counts = {name: Counter(c for i in ids for c in doc["index"][i]["classes"])
+              for name, ids in doc["splits"].items()}
+    classes = sorted(set(counts["train"]) | set(counts["val"]))
+    per_class = " ".join(f"{c}:{counts['train'][c]}/{counts['val'][c]}" for c in classes)
+    return (f"prepare-data: train {len(doc['splits']['train'])} images, val {len(doc['splits']['val'])} "
+            f"images; images per class (train/val): {per_class}")
+
+
+def run(args: argparse.Namespace) -> None:
+    """Entry point of the stage: check, index, log a summary, write ``--output`` atomically."""
+    doc = prepare(args.root, args.train_list, args.val_list, args.mask_dir,
+                  images=not args.labels_only, workers=args.workers)
+    print(summary(doc), flush=True)
+    write_json(args.output, doc)

@@ -1,0 +1,111 @@
+"""Joint image/mask transforms (torchvision ``transforms.v2``), normalisation and batching.
+
+Samples are dicts ``{"id": str, "image": ..., "mask": ...}`` as returned by
+:class:`pipeline.data.voc.VOCSegmentation`. After :class:`TrainTransform` or :class:`EvalTransform`
+the image is a float32 (3, H, W) tensor normalised with the ImageNet mean/std and the mask an
+int64 (H, W) tensor of class indices with 255 = void.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import Tensor
+from torchvision import tv_tensors
+from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as TF
+
+from pipeline.data.classes import VOID
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def to_tensors(sample: dict, lut: np.ndarray | None = None) -> tuple[tv_tensors.Image, tv_tensors.Mask]:
+    """uint8 (H, W, 3) image and (H, W) mask → tv_tensors; ``lut`` (256,) uint8 remaps mask values."""
+    mask = sample["mask"] if lut is None else lut[sample["mask"]]
+    image = tv_tensors.Image(torch.from_numpy(np.array(sample["image"], dtype=np.uint8)).permute(2, 0, 1))
+    return image, tv_tensors.Mask(torch.from_numpy(np.ascontiguousarray(mask)).long())
+
+
+class RandomScale(torch.nn.Module):
+    """Resize image (bilinear) and mask (nearest) by one factor drawn uniformly in ``scale_range``."""
+
+    def __init__(self, scale_range: tuple[float, float]):
+        super().__init__()
+        self.low, self.high = scale_range
+
+    def forward(self, image: tv_tensors.Image, mask: tv_tensors.Mask):
+        factor = self.low + (self.high - self.low) * torch.rand(()).item()
+        height, width = image.shape[-2:]
+        size = [max(1, round(height * factor)), max(1, round(width * factor))]
+        return TF.resize(image, size, antialias=True), TF.resize(mask, size)
+
+
+class TrainTransform:
+    """Random scale, random crop (padded with void), horizontal flip, normalise.
+
+    The augmentation of MiB/WILSON training (random scale in [0.5, 2.0], crop, flip); randomness
+    comes from torch's global RNG, which the training loop seeds per epoch.
+
+    Args:
+        crop_size: side of the square crop in pixels.
+        scale_range: (low, high) resize factors.
+        lut: optional (256,) uint8 table mapping ground truth to training targets.
+    """
+
+    def __init__(self, crop_size: int, scale_range: tuple[float, float] = (0.5, 2.0), lut: np.ndarray | None = None):
+        self.lut = lut
+        self.scale = RandomScale(tuple(scale_range))
+        self.geometric = v2.Compose([
+            v2.RandomCrop(crop_size, pad_if_needed=True, fill={tv_tensors.Mask: VOID, "others": 0}),
+            v2.RandomHorizontalFlip(),
+        ])
+        self.normalise = v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+
+    def __call__(self, sample: dict) -> dict:
+        image, mask = self.scale(*to_tensors(sample, self.lut))
+        image, mask = self.geometric(image, mask)
+        return {"id": sample["id"], "image": self.normalise(image).as_subclass(Tensor), "mask": mask.as_subclass(Tensor)}
+
+
+class EvalTransform:
+    """Normalise only: evaluation runs at label resolution (no resize, no crop)."""
+
+    def __init__(self, lut: np.ndarray | None = None):
+        self.lut = lut
+        self.normalise = v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+
+    def __call__(self, sample: dict) -> dict:
+        image, mask = to_tensors(sample, self.lut)
+        return {"id": sample["id"], "image": self.normalise(image).as_subclass(Tensor), "mask": mask.as_subclass(Tensor)}
+
+
+def pad_collate(samples: list[dict]) -> dict:
+    """Batch samples of different sizes: pad images with 0 and masks with void at bottom/right.
+
+    Returns ``{"id": list[str], "image": (B, 3, H, W) float32, "mask": (B, H, W) int64,
+    "size": (B, 2) int64 original (height, width)}``; extra keys holding tensors of equal shape
+    are stacked, other extra keys are gathered in lists.
+    """
+    heights = [s["image"].shape[-2] for s in samples]
+    widths = [s["image"].shape[-1] for s in samples]
+    height, width = max(heights), max(widths)
+    images = samples[0]["image"].new_zeros((len(samples), 3, height, width))
+    masks = torch.full((len(samples), height, width), VOID, dtype=torch.long)
+    for i, s in enumerate(samples):
+        images[i, :, : heights[i], : widths[i]] = s["image"]
+        masks[i, : heights[i], : widths[i]] = s["mask"]
+    batch = {"id": [s["id"] for s in samples], "image": images, "mask": masks,
+             "size": torch.tensor(list(zip(heights, widths)), dtype=torch.long)}
+    for key in samples[0].keys() - batch.keys():
+        values = [s[key] for s in samples]
+        batch[key] = torch.stack(values) if isinstance(values[0], Tensor) else values
+    return batch
+
+
+def denormalise(image: Tensor) -> Tensor:
+    """Inverse of the ImageNet normalisation: (3, H, W) float → (3, H, W) float in [0, 1]."""
+    mean = torch.tensor(IMAGENET_MEAN, device=image.device).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=image.device).view(3, 1, 1)
+    return (image * std + mean).clamp(0, 1)
