@@ -92,3 +92,20 @@ def test_forcerun_train_base_reruns_only_it_and_dependants(demo_run):
     # and nothing is left to do otherwise
     proc = snakemake(workdir, "-n", "--cores", "2", *overlays)
     assert "Nothing to be done" in proc.stdout + proc.stderr
+
+
+def test_download_runs_only_when_asked(tmp_path):
+    # the default DAG does not download ...
+    proc = snakemake(tmp_path, "-n", "--cores", "1")
+    assert "download" not in job_counts(proc.stdout + proc.stderr)
+    # ... asking for it schedules exactly that job
+    proc = snakemake(tmp_path, "-n", "--cores", "1", "download")
+    assert job_counts(proc.stdout + proc.stderr) == {"download": 1}
+
+
+def test_missing_voc_root_fails_with_a_hint_and_no_output(tmp_path):
+    proc = snakemake(tmp_path, "--cores", "1", "--until", "prepare_data", check=False)
+    assert proc.returncode != 0
+    log = (tmp_path / "logs/prepare_data/voc.log").read_text()
+    assert "data/VOC2012/ImageSets/Segmentation/train_aug.txt" in log and "snakemake --cores 2 download" in log
+    assert not (tmp_path / "results/voc/dataset.json").exists()

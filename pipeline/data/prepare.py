@@ -50,6 +50,11 @@ def prepare(root: Path, train_list: Path, val_list: Path, mask_dir: str = "auto"
     root = Path(root).resolve()
     lists = {name: path if path.is_absolute() else root / path
              for name, path in (("train", Path(train_list)), ("val", Path(val_list)))}
+    for name, path in lists.items():
+        if not path.is_file():
+            raise DatasetError(
+                f"{path}: {name} id list not found. Point dataset.root (and dataset.{name}_list) at a "
+                "VOC-layout folder, or fetch VOC 2012 + SBD with `snakemake --cores 2 download`")
     splits = {name: read_ids(path) for name, path in lists.items()}
     both = sorted(set(splits["train"]) & set(splits["val"]))
     if both:

@@ -440,8 +440,12 @@ def _resolve(path_value) -> Path | None:
     return None if path_value in (None, "") else Path(path_value)
 
 
-def _read_label_png(path: Path, what: str, image_id: str, source: Path) -> np.ndarray:
-    """A label PNG -> RGB uint8 (H, W, 3): index images are coloured with the VOC palette."""
+def _read_label_png(path: Path, what: str, image_id: str, source: Path,
+                    seen: Sequence[int] | None = None) -> np.ndarray:
+    """A label PNG -> RGB uint8 (H, W, 3): index images are coloured with the VOC palette.
+
+    With ``seen``, labels of classes not seen yet are shown as background, as evaluation counts
+    them (MiB's masking); void (255) keeps its colour."""
     if not path.is_file():
         raise ValueError(f"{path}: {what} of id '{image_id}' not found (run {source})")
     with Image.open(path) as img:
@@ -450,6 +454,8 @@ def _read_label_png(path: Path, what: str, image_id: str, source: Path) -> np.nd
         labels = np.asarray(img)
     if labels.ndim != 2 or labels.min() < 0 or labels.max() > 255:
         raise ValueError(f"{path}: {what} of id '{image_id}' is not a label image (mode {img.mode})")
+    if seen is not None:
+        labels = np.where(np.isin(labels, [*seen, 255]), labels, 0)
     return voc_palette()[labels.astype(np.intp)]
 
 
@@ -488,7 +494,8 @@ def plot_qualitative(table: Table, path: Path, num_examples: int = 4) -> bool:
                 panels.append(np.asarray(img.convert("RGB")))
         if mask_dir is None:
             raise ValueError(f"{ref.path}: key 'mask_dir' is null")
-        panels.append(_read_label_png(mask_dir / f"{image_id}.png", "ground truth", image_id, ref.path))
+        panels.append(_read_label_png(mask_dir / f"{image_id}.png", "ground truth", image_id, ref.path,
+                                      seen=ref.data["seen_classes"]))
         for run in runs:
             pred_dir = _resolve(run.data["predictions_dir"])
             if pred_dir is None:
