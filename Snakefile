@@ -4,7 +4,8 @@
 #   snakemake --cores all --configfile config/demo.yaml  # generated demo data, minutes on a CPU
 #   snakemake --profile profiles/slurm                   # the same DAG on a SLURM cluster
 #
-# The DAG: [make_demo_data | download] → prepare_data → splits → train_base → evaluate → report.
+# The DAG: [make_demo_data | download] → prepare_data → splits → train_base (step 0)
+#          → train_step (t = 1..T-1, per method) → evaluate → report.
 
 import os
 
@@ -24,6 +25,7 @@ validate(config, "schemas/config.schema.yaml")
 include: "rules/common.smk"
 include: "rules/data.smk"
 include: "rules/base.smk"
+include: "rules/incremental.smk"
 include: "rules/evaluate.smk"
 
 

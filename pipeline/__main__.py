@@ -16,6 +16,7 @@ STAGES: dict[str, tuple[str, str]] = {
     "prepare-data": ("pipeline.data.prepare", "check every image/mask pair and index class presence"),
     "splits": ("pipeline.data.splits", "incremental splits: ids and image-level labels per step"),
     "train-base": ("pipeline.train.base", "step-0 training with pixel labels"),
+    "train-step": ("pipeline.train.step", "incremental step t >= 1 of one method (ft, joint, mib, wilson)"),
     "evaluate": ("pipeline.eval.evaluate", "confusion matrix, per-class IoU, old/new/all mIoU"),
     "report": ("pipeline.eval.report", "tables, charts, learning curves, qualitative figures"),
 }

@@ -48,6 +48,7 @@ def bench_path(rule, suffix=".tsv"):
     return f"results/{{dataset}}/benchmarks/{rule}{suffix}"
 
 REPORT_DIR = "results/report"
+INCREMENTAL_METHODS = ["ft", "joint", "mib", "wilson"]
 
 
 def dataset_path(key):
@@ -75,25 +76,31 @@ def res(kind):
     return config["resources"][kind]
 
 
-def all_targets():
-    """Everything `snakemake` builds by default: step-0 metrics of every task x protocol x seed,
-    the split summaries and the report."""
-    targets = []
+def runs():
+    """(task, protocol, seed, step, method) of every model the matrix trains: the step-0 base
+    model, then every incremental method at every step t >= 1."""
     for task in EXP["tasks"]:
         for protocol in EXP["protocols"]:
-            targets.append(SPLIT_SUMMARY.format(dataset=DATASET, task=task, protocol=protocol))
             for seed in EXP["seeds"]:
-                targets.append(RUN.format(dataset=DATASET, task=task, protocol=protocol, seed=seed, step=0, method="base") + "/metrics.json")
+                yield task, protocol, seed, 0, "base"
+                for method in EXP["methods"]:
+                    for step in range(1, num_steps(task)):
+                        yield task, protocol, seed, step, method
+
+
+def run_dir(task, protocol, seed, step, method):
+    return RUN.format(dataset=DATASET, task=task, protocol=protocol, seed=seed, step=step, method=method)
+
+
+def all_targets():
+    """Everything `snakemake` builds by default: the metrics of every run, the split summaries
+    and the report."""
+    targets = [SPLIT_SUMMARY.format(dataset=DATASET, task=t, protocol=p) for t in EXP["tasks"] for p in EXP["protocols"]]
+    targets += [run_dir(*run) + "/metrics.json" for run in runs()]
     targets.append(f"{REPORT_DIR}/summary.md")
     return targets
 
 
 def evaluated_runs():
     """(metrics.json, history.csv) of every run the report shows."""
-    runs = []
-    for task in EXP["tasks"]:
-        for protocol in EXP["protocols"]:
-            for seed in EXP["seeds"]:
-                run = RUN.format(dataset=DATASET, task=task, protocol=protocol, seed=seed, step=0, method="base")
-                runs.append((f"{run}/metrics.json", f"{run}/history.csv"))
-    return runs
+    return [(run_dir(*run) + "/metrics.json", run_dir(*run) + "/history.csv") for run in runs()]

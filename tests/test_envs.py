@@ -1,5 +1,6 @@
 """The conda environment of the rules pins what pyproject.toml pins."""
 
+import re
 import tomllib
 from pathlib import Path
 
@@ -21,10 +22,12 @@ def test_conda_env_mirrors_pyproject_pins():
 
 
 def test_every_rule_declares_conda_log_and_resources():
+    rules = 0
     for smk in (REPO / "rules").glob("*.smk"):
-        text = smk.read_text()
-        for block in text.split("rule ")[1:]:
-            name = block.split(":", 1)[0]
+        parts = re.split(r"^\s*rule (\w+):", smk.read_text(), flags=re.M)
+        for name, block in zip(parts[1::2], parts[2::2]):
+            rules += 1
             assert "conda:" in block, f"{smk.name}: rule {name} has no conda:"
             assert "resources:" in block, f"{smk.name}: rule {name} has no resources:"
             assert "log:" in block, f"{smk.name}: rule {name} has no log:"
+    assert rules >= 8

@@ -38,19 +38,24 @@ def _dataset(root: Path, with_images: bool = True) -> tuple[Path, Path]:
 
 
 def _run(tmp: Path, name: str, *, method, protocol, seed, old, new, all_, step=1, task="15-5",
-         dataset="voc", root=None, mask_dir=None, history=None, drop=None) -> Path:
+         dataset="voc", root=None, mask_dir=None, history=None, drop=None, num_steps=2,
+         classes=None) -> Path:
+    """One fake run; ``classes`` = (old, new, seen) class lists (default those of 15-5)."""
     run_dir = tmp / "runs" / name
     pred_dir = run_dir / "predictions"
     rng = np.random.default_rng(seed)
     for image_id in IDS:
         _label_png(pred_dir / f"{image_id}.png", rng.integers(0, 21, (6, 8)))
     seen = list(range(0, 16 if step == 0 else 21))
+    old_classes, new_classes = OLD, [] if step == 0 else NEW
+    if classes is not None:
+        old_classes, new_classes, seen = classes
     per_class = {VOC_CLASSES[k]: round(0.5 + 0.02 * k, 4) for k in range(21)}
     per_class["tvmonitor"] = None
     data = {
-        "dataset": dataset, "task": task, "protocol": protocol, "step": step, "num_steps": 2,
+        "dataset": dataset, "task": task, "protocol": protocol, "step": step, "num_steps": num_steps,
         "method": method, "seed": seed,
-        "old_classes": OLD, "new_classes": [] if step == 0 else NEW, "seen_classes": seen,
+        "old_classes": old_classes, "new_classes": new_classes, "seen_classes": seen,
         "per_class_iou": per_class, "miou_old": old, "miou_new": new, "miou_all": all_,
         "pixel_accuracy": 0.9, "predictions_dir": str(pred_dir), "image_root": str(root),
         "mask_dir": str(mask_dir), "val_ids": IDS,
@@ -131,7 +136,8 @@ def test_tables_match_inputs(runs):
 
     summary = (outdir / "summary.md").read_text(encoding="utf-8")
     assert "| MiB | 65.4 | 43.2 | 60.5 | 75.1 | – | 69.1 |" in summary
-    assert summary.index("step 0") < summary.index("step 1")
+    # The final step (the papers' table) comes before step 0.
+    assert summary.index("## voc 15-5, step 1") < summary.index("## voc 15-5, step 0")
     assert "(per_class_iou_voc_15-5_step1.png)" in summary
     assert "(qualitative_voc_15-5_step1.png)" in summary
 
@@ -152,7 +158,7 @@ def test_figures_and_index(runs):
     sizes = {}
     for name in ("per_class_iou_voc_15-5_step0.png", "per_class_iou_voc_15-5_step1.png",
                  "qualitative_voc_15-5_step0.png", "qualitative_voc_15-5_step1.png",
-                 "learning_curves_voc_15-5.png"):
+                 "learning_curves_voc_15-5.png", "steps_voc_15-5.png"):
         sizes[name] = width, height = _assert_png(outdir / name)
         assert width > 100 and height > 100
     index = json.loads((outdir / "index.json").read_text())
@@ -237,3 +243,147 @@ def test_read_history_parses_empty_cells(tmp_path):
     path.write_text(HISTORY.replace("0.47", "n/a"))
     with pytest.raises(ValueError, match="line 4, column 'val_miou'"):
         read_history(path)
+
+
+# ----------------------------------------------------------------------------- mIoU per step
+# 10-5-5: base classes 1-10 at step 0, then 11-15 and 16-20; old = base classes, new = the
+# classes of steps 1..t (as the evaluate stage reports them).
+CLASSES_10_5_5 = {
+    0: (list(range(1, 11)), [], list(range(0, 11))),
+    1: (list(range(1, 11)), list(range(11, 16)), list(range(0, 16))),
+    2: (list(range(1, 11)), list(range(11, 21)), list(range(0, 21))),
+}
+# (protocol, row, step, seed) -> (old, new, all) fractions; row "base" is the step-0 run.
+VALUES_10_5_5 = {
+    ("disjoint", "base", 0, 0): (0.80, None, 0.78),
+    ("disjoint", "base", 0, 1): (0.76, None, 0.74),
+    ("overlap", "base", 0, 0): (0.82, None, 0.80),
+    ("overlap", "base", 0, 1): (0.70, None, 0.68),
+    ("disjoint", "wilson", 1, 0): (0.60, 0.40, 0.55),
+    ("disjoint", "wilson", 1, 1): (0.64, 0.30, 0.57),
+    ("disjoint", "wilson", 2, 0): (0.50, 0.35, 0.45),
+    ("disjoint", "wilson", 2, 1): (0.52, 0.25, 0.43),
+    ("disjoint", "mib", 1, 0): (0.30, 0.20, 0.28),
+    ("disjoint", "mib", 2, 0): (0.10, 0.15, 0.12),
+    # overlap: MiB with seed 1 only (starts at the seed-1 base), WILSON with seed 0 only.
+    ("overlap", "mib", 1, 1): (0.35, 0.22, 0.31),
+    ("overlap", "mib", 2, 1): (0.15, None, 0.14),
+    ("overlap", "wilson", 1, 0): (0.66, 0.44, 0.60),
+    ("overlap", "wilson", 2, 0): (0.58, 0.41, 0.52),
+}
+
+
+@pytest.fixture()
+def runs_10_5_5(tmp_path):
+    root, mask_dir = _dataset(tmp_path / "voc")
+    paths = []
+    for (protocol, row, step, seed), (old, new, all_) in VALUES_10_5_5.items():
+        method = "wilson" if row == "base" else row  # the base run's method does not matter
+        paths.append(_run(tmp_path, f"{row}_{protocol}_s{step}_seed{seed}", method=method, protocol=protocol,
+                          seed=seed, old=old, new=new, all_=all_, step=step, task="10-5-5", num_steps=3,
+                          classes=CLASSES_10_5_5[step], root=root, mask_dir=mask_dir))
+    return tmp_path, paths
+
+
+def _mean_pct(*keys, metric):
+    index = {"old": 0, "new": 1, "all": 2}[metric]
+    values = [VALUES_10_5_5[k][index] for k in keys if VALUES_10_5_5[k][index] is not None]
+    return 100.0 * sum(values) / len(values) if values else math.nan
+
+
+def _assert_series(actual, expected):
+    assert list(actual) == ["step", "all", "old", "new"]
+    assert actual["step"] == expected["step"]
+    for metric in ("all", "old", "new"):
+        assert actual[metric] == pytest.approx(expected[metric], nan_ok=True), metric
+
+
+def test_step_series_equals_inputs(runs_10_5_5):
+    from pipeline.eval.report import load_metrics, step_series
+
+    _, paths = runs_10_5_5
+    series = step_series([load_metrics(p) for p in paths])
+    # Protocols Disjoint then Overlap, methods in table order (MiB before WILSON).
+    assert list(series) == [("disjoint", "mib"), ("disjoint", "wilson"), ("overlap", "mib"), ("overlap", "wilson")]
+
+    def expected(protocol, method, seeds):
+        groups = [[(protocol, "base", 0, s) for s in seeds]]
+        groups += [[(protocol, method, t, s) for s in seeds] for t in (1, 2)]
+        return {"step": [0, 1, 2],
+                **{m: [_mean_pct(*g, metric=m) for g in groups] for m in ("all", "old", "new")}}
+
+    # Seeds averaged, step 0 = the base runs of the method's seeds (both for disjoint WILSON).
+    _assert_series(series[("disjoint", "wilson")], expected("disjoint", "wilson", (0, 1)))
+    wilson = series[("disjoint", "wilson")]
+    assert wilson["all"] == pytest.approx([76.0, 56.0, 44.0])
+    assert wilson["old"] == pytest.approx([78.0, 62.0, 51.0])
+    assert math.isnan(wilson["new"][0]) and wilson["new"][1:] == pytest.approx([35.0, 30.0])
+    # Disjoint MiB has seed 0 only: its line starts at the seed-0 base (not the 2-seed mean).
+    _assert_series(series[("disjoint", "mib")], expected("disjoint", "mib", (0,)))
+    assert series[("disjoint", "mib")]["all"][0] == pytest.approx(78.0)
+    # Overlap MiB has seed 1 only: starts at the seed-1 overlap base; null new at step 2 -> NaN.
+    _assert_series(series[("overlap", "mib")], expected("overlap", "mib", (1,)))
+    assert series[("overlap", "mib")]["all"][0] == pytest.approx(68.0)
+    assert math.isnan(series[("overlap", "mib")]["new"][2])
+    _assert_series(series[("overlap", "wilson")], expected("overlap", "wilson", (0,)))
+    assert series[("overlap", "wilson")]["all"] == pytest.approx([80.0, 60.0, 52.0])
+
+
+def test_step_series_without_base_and_errors(runs_10_5_5):
+    from pipeline.eval.report import load_metrics, step_series
+
+    tmp_path, paths = runs_10_5_5
+    runs = [load_metrics(p) for p in paths]
+    no_base = step_series([r for r in runs if r.data["step"] > 0])
+    assert no_base[("disjoint", "wilson")]["step"] == [1, 2]
+    assert no_base[("disjoint", "wilson")]["all"] == pytest.approx([56.0, 44.0])
+    other = load_metrics(_run(tmp_path, "other_task", method="ft", protocol="disjoint", seed=0,
+                              old=0.1, new=0.1, all_=0.1))
+    with pytest.raises(ValueError, match="several"):
+        step_series([*runs, other])
+
+
+def test_steps_figure_and_summary_order(runs_10_5_5):
+    tmp_path, paths = runs_10_5_5
+    outdir = _report(tmp_path, paths)
+    width, height = _assert_png(outdir / "steps_voc_10-5-5.png")
+    assert width > 300 and height > 200
+    index = json.loads((outdir / "index.json").read_text())
+    captions = {e["path"]: e["caption"] for e in index["files"]}
+    assert captions["steps_voc_10-5-5.png"] == "mIoU per step, voc 10-5-5"
+    assert {p.name for p in outdir.iterdir()} - {"index.json"} == set(captions)
+
+    summary = (outdir / "summary.md").read_text(encoding="utf-8")
+    heading = summary.index("## mIoU per step")
+    assert summary.index("(steps_voc_10-5-5.png)") > heading
+    # Final step first (the papers' table), then the intermediate step, then step 0.
+    positions = [summary.index(f"## voc 10-5-5, step {t}") for t in (2, 1, 0)]
+    assert positions == sorted(positions)
+    assert positions[-1] < heading
+    # The final-step table: rows methods, old / new / all per protocol.
+    final = summary[positions[0]:positions[1]]
+    assert "| Method | Disjoint 1-10 | Disjoint 11-20 | Disjoint All | Overlap 1-10 | Overlap 11-20 | Overlap All |" in final
+    assert "| MiB | 10.0 | 15.0 | 12.0 | 15.0 | – | 14.0 |" in final
+    assert "| WILSON | 51.0 ± 1.4 | 30.0 ± 7.1 | 44.0 ± 1.4 | 58.0 | 41.0 | 52.0 |" in final
+
+    # With the figures in their own folder the figure goes there.
+    figures = outdir / "figures"
+    _report(tmp_path, paths, extra=["--figures-dir", str(figures), "--qualitative", "0"])
+    _assert_png(figures / "steps_voc_10-5-5.png")
+    assert "(figures/steps_voc_10-5-5.png)" in (outdir / "summary.md").read_text(encoding="utf-8")
+
+
+def test_single_step_task_has_no_steps_figure(runs):
+    tmp_path, paths = runs
+    outdir = _report(tmp_path, [p for p in paths if "base" not in str(p)])
+    assert not list(outdir.glob("steps_*.png"))
+    assert "mIoU per step" not in (outdir / "summary.md").read_text(encoding="utf-8")
+
+
+def test_summary_order_of_a_long_task():
+    from pipeline.eval.report import Table, summary_order
+
+    tables = [Table(d, task, t, [], [], {}) for d, task, n in (("voc", "15-1", 6), ("ade", "100-50", 2))
+              for t in range(n)]
+    order = [(t.dataset, t.task, t.step) for t in summary_order(tables)]
+    assert order == [("ade", "100-50", 1), ("ade", "100-50", 0)] + [("voc", "15-1", t) for t in (5, 1, 2, 3, 4, 0)]

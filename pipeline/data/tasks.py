@@ -320,3 +320,26 @@ def eval_target_lut(task: str, step: int, dataset: str = "voc") -> np.ndarray:
         ValueError: unknown task or step out of range.
     """
     return _lut(seen_classes(task, step, dataset), dataset)
+
+
+def joint_ids(index: Mapping[str, object], task: str, step: int, protocol: str, dataset: str = "voc") -> list[str]:
+    """Training images of the ``joint`` upper bound at ``step``: every image holding a class seen
+    so far (steps 0..step), with disjoint also dropping images that hold a future class.
+
+    Args:
+        index: {id: {"classes": [...]}} or {id: [...]}, class presence per training image.
+    Returns:
+        Ids in index order.
+    Raises:
+        ValueError: unknown task, step or protocol.
+    """
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"unknown protocol {protocol!r}; expected one of {', '.join(PROTOCOLS)}")
+    seen = set(seen_classes(task, step, dataset)) - {0}
+    future = set(future_classes(task, step, dataset))
+    keep = []
+    for image_id, entry in index.items():
+        classes = set(entry_classes(image_id, entry))
+        if classes & seen and (protocol == "overlap" or not classes & future):
+            keep.append(image_id)
+    return keep

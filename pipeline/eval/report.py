@@ -9,9 +9,13 @@ under ``--outdir``, for every (dataset, task, step):
 - ``per_class_iou_{dataset}_{task}_step{t}.png``: grouped bars per seen class;
 - ``qualitative_{dataset}_{task}_step{t}.png``: image | ground truth | each method's prediction;
 
-plus ``learning_curves_{dataset}_{task}.png`` (one line per run), ``summary.md`` (all tables and
-links to the figures) and ``index.json`` (every file written, path relative to ``--outdir``, with
-a caption). The PNGs go to ``--figures-dir`` when given (the Snakemake rule declares that folder
+plus ``learning_curves_{dataset}_{task}.png`` (one line per run), for every (dataset, task) whose
+runs cover more than one step ``steps_{dataset}_{task}.png`` (mIoU % per step, one panel per
+protocol, one colour per method whose line starts at the shared step-0 "base" run; solid all,
+dashed old, dotted new; seeds averaged; values from :func:`step_series`), ``summary.md`` (all
+tables, per task the final step first (the papers' table), then the intermediate steps, then
+step 0; links to the figures) and ``index.json`` (every file written, path relative to
+``--outdir``, with a caption). The PNGs go to ``--figures-dir`` when given (the Snakemake rule declares that folder
 as a ``report()`` directory output). Figures are drawn on matplotlib's Agg canvas (no pyplot).
 
 Usage: ``python -m pipeline report --metrics runs/*/metrics.json --histories runs/*/history.csv
@@ -35,6 +39,7 @@ from typing import Sequence
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 from PIL import Image
 
@@ -320,6 +325,23 @@ def build_tables(runs: Sequence[Run]) -> list[Table]:
     return tables
 
 
+def summary_order(tables: Sequence[Table]) -> list[Table]:
+    """Order of the tables in ``summary.md``: per (dataset, task), sorted, the final step first
+    (the highest step present: the papers' table), then the intermediate steps in increasing
+    order, then step 0."""
+    last: dict[tuple[str, str], int] = {}
+    for t in tables:
+        key = (t.dataset, t.task)
+        last[key] = max(last.get(key, t.step), t.step)
+
+    def rank(t: Table) -> tuple[str, str, int, int]:
+        final = last[(t.dataset, t.task)]
+        group = 0 if t.step == final else (2 if t.step == 0 else 1)
+        return (t.dataset, t.task, group, t.step)
+
+    return sorted(tables, key=rank)
+
+
 def table_markdown(table: Table) -> str:
     """GitHub Markdown table (header, right-aligned numbers) followed by a note line."""
     header = table.header()
@@ -515,6 +537,111 @@ def plot_qualitative(table: Table, path: Path, num_examples: int = 4) -> bool:
     return True
 
 
+STEP_METRICS: tuple[tuple[str, str], ...] = (("all", "miou_all"), ("old", "miou_old"), ("new", "miou_new"))
+STEP_LINESTYLES: dict[str, str] = {"all": "-", "old": "--", "new": ":"}
+STEP_MARKERS: dict[str, str] = {"all": "o", "old": "s", "new": "^"}
+
+
+def _mean_percent(runs: Sequence[Run], key: str) -> float:
+    """Mean over the runs (seeds) of a fraction, in %; nulls left out; NaN when none."""
+    values = [r.data[key] for r in runs if r.data[key] is not None]
+    return float(np.mean(values) * 100.0) if values else math.nan
+
+
+def step_series(runs: Sequence[Run]) -> dict[tuple[str, str], dict[str, list]]:
+    """The values of the mIoU-per-step figure of one (dataset, task).
+
+    Args:
+        runs: runs of a single (dataset, task), any steps, protocols, methods and seeds.
+
+    Returns:
+        ``{(protocol, method): {"step": [...], "all": [...], "old": [...], "new": [...]}}``
+        for every incremental method (row of a step >= 1), keys in figure order (protocols
+        Disjoint then Overlap, methods in table order). ``step`` lists, increasing, the steps
+        with a value: step 0 is the mean of the shared "base" runs of that protocol whose seed
+        is one of the method's seeds (absent when there is none), step t >= 1 the mean over the
+        seeds of the method's runs at that step. Values are mIoU % (fraction × 100; nulls left
+        out of the means, NaN when every seed is null).
+
+    Raises:
+        ValueError: runs of several (dataset, task), or one run given twice (same step, row,
+            protocol and seed; names both files).
+    """
+    tasks = {(str(r.data["dataset"]), str(r.data["task"])) for r in runs}
+    if len(tasks) > 1:
+        raise ValueError(f"step_series: runs of several (dataset, task): {sorted(tasks)}")
+    cells: dict[tuple[str, str, int], dict[int, Run]] = defaultdict(dict)
+    for run in runs:
+        cell = cells[(run.protocol, run.row, run.data["step"])]
+        if run.seed in cell:
+            raise ValueError(
+                f"{run.path} and {cell[run.seed].path}: same run ({run.row} {run.protocol} "
+                f"step {run.data['step']} seed {run.seed}) given twice"
+            )
+        cell[run.seed] = run
+    methods = sorted({(p, r) for p, r, t in cells if t > 0},
+                     key=lambda pr: (protocol_sort_key(pr[0]), method_sort_key(pr[1])))
+    out: dict[tuple[str, str], dict[str, list]] = {}
+    for protocol, method in methods:
+        steps = sorted(t for p, r, t in cells if (p, r) == (protocol, method) and t > 0)
+        seeds = {s for t in steps for s in cells[(protocol, method, t)]}
+        base = cells.get((protocol, "base", 0), {})
+        members = [[base[s] for s in sorted(seeds) if s in base]]
+        members += [list(cells[(protocol, method, t)].values()) for t in steps]
+        if not members[0]:
+            members = members[1:]
+        else:
+            steps = [0, *steps]
+        series: dict[str, list] = {"step": steps}
+        for name, key in STEP_METRICS:
+            series[name] = [_mean_percent(group, key) for group in members]
+        out[(protocol, method)] = series
+    return out
+
+
+def plot_steps(runs: Sequence[Run], path: Path) -> None:
+    """mIoU % per step of one (dataset, task) (see :func:`step_series`): one panel per protocol,
+    one colour per method, solid = all, dashed = old (base classes), dotted = new (classes of
+    steps 1..t); x = steps 0..T-1 (T = ``num_steps``)."""
+    series = step_series(runs)
+    first = runs[0].data
+    num_steps = max(max(r.data["num_steps"] for r in runs), max(r.data["step"] for r in runs) + 1)
+    protocols = sorted({p for p, _ in series}, key=protocol_sort_key)
+    methods = sorted({m for _, m in series}, key=method_sort_key)
+    colors = {m: f"C{i % 10}" for i, m in enumerate(methods)}
+    n = max(len(protocols), 1)
+    fig = Figure(figsize=(max(4.5, 1.1 * num_steps + 2.5) * n, 4.2))
+    axes = fig.subplots(1, n, squeeze=False, sharey=True)[0]
+    for ax, protocol in zip(axes, protocols):
+        for method in methods:
+            values = series.get((protocol, method))
+            if values is None:
+                continue
+            x = np.asarray(values["step"], dtype=float)
+            for name, _ in STEP_METRICS:
+                y = np.asarray(values[name], dtype=float)
+                ok = np.isfinite(y)
+                if ok.any():
+                    ax.plot(x[ok], y[ok], color=colors[method], linestyle=STEP_LINESTYLES[name],
+                            marker=STEP_MARKERS[name], markersize=4)
+        ax.set_title(protocol.capitalize())
+        ax.set_xticks(range(num_steps))
+        ax.set_xlim(-0.3, num_steps - 0.7)
+        ax.set_ylim(0, 100)
+        ax.set_xlabel("step (0 = base)")
+        ax.grid(True, alpha=0.3)
+    axes[0].set_ylabel("mIoU %")
+    handles = [Line2D([], [], color=colors[m], linewidth=2, label=method_label(m)) for m in methods]
+    handles += [
+        Line2D([], [], color="black", linestyle=STEP_LINESTYLES[name], marker=STEP_MARKERS[name],
+               markersize=4, label=label)
+        for name, label in (("all", "all"), ("old", "old (base classes)"), ("new", "new"))
+    ]
+    fig.legend(handles=handles, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8)
+    fig.suptitle(f"mIoU per step, {first['dataset']} {first['task']}")
+    _save(fig, path)
+
+
 def plot_learning_curves(curves: Sequence[tuple[str, dict[str, np.ndarray]]], title: str, path: Path) -> None:
     """Training loss per epoch (left panel) and, when any run logged it, val mIoU % (right
     panel); one line per ``(label, history)``."""
@@ -582,9 +709,13 @@ def build_report(
 
     tables = build_tables(runs)
     entries: list[tuple[Path, str]] = []
-    summary = ["# Results", "", "Mean IoU (%) on the validation set; layout of WILSON Tables 1-2.", ""]
+    summary = [
+        "# Results", "",
+        "Mean IoU (%) on the validation set; layout of WILSON Tables 1-2. "
+        "Per task: the final step first, then the intermediate steps, then the base step.", "",
+    ]
 
-    for table in tables:
+    for table in summary_order(tables):
         summary += [f"## {table.title}", ""]
         for ext, render in (("md", table_markdown), ("csv", table_csv), ("tex", table_latex)):
             p = outdir / f"table_{table.stem}.{ext}"
@@ -603,6 +734,19 @@ def build_report(
             entries.append((p, f"Qualitative results, {table.title}"))
             summary += ["", f"![Qualitative results, {table.title}]({rel(p)})"]
         summary.append("")
+
+    by_task: dict[tuple[str, str], list[Run]] = defaultdict(list)
+    for run in runs:
+        by_task[(str(run.data["dataset"]), str(run.data["task"]))].append(run)
+    multi_step = [(key, members) for key, members in sorted(by_task.items())
+                  if len({r.data["step"] for r in members}) > 1]
+    if multi_step:
+        summary += ["## mIoU per step", ""]
+    for (dataset, task), members in multi_step:
+        p = figures / f"steps_{_slug(dataset)}_{_slug(task)}.png"
+        plot_steps(members, p)
+        entries.append((p, f"mIoU per step, {dataset} {task}"))
+        summary += [f"![mIoU per step, {dataset} {task}]({rel(p)})", ""]
 
     curves: dict[tuple[str, str], list[tuple[tuple, str, dict]]] = defaultdict(list)
     for h in histories:

@@ -1,19 +1,48 @@
 """Methods as objectives plugged into the shared loop (:mod:`pipeline.train.loop`).
 
-Adding a method is one module here and one line in :data:`OBJECTIVES`.
+Adding a method is one module here and one entry in :data:`OBJECTIVES`: a factory taking the
+method's config section, the :class:`StepContext` (None at step 0) and the model being trained.
 """
 
 from __future__ import annotations
 
-from pipeline.methods.base import PixelSupervised
+from typing import Callable
 
-OBJECTIVES = {
-    "base": PixelSupervised,
+from torch import nn
+
+from pipeline.methods.base import PixelSupervised
+from pipeline.methods.context import StepContext
+from pipeline.methods.mib import MiB
+from pipeline.methods.wilson import Wilson
+
+
+def _pixel(name: str) -> Callable:
+    return lambda cfg, context, model: PixelSupervised(cfg.get("loss", "ce"), cfg.get("head_lr_mult", 1.0), name)
+
+
+OBJECTIVES: dict[str, Callable] = {
+    "base": _pixel("base"),
+    "ft": _pixel("ft"),
+    "joint": _pixel("joint"),
+    "mib": lambda cfg, context, model: MiB(context, cfg["kd_weight"], cfg["kd_alpha"], cfg["head_lr_mult"]),
+    "wilson": lambda cfg, context, model: Wilson(
+        context, model.backbone.feature_info.channels()[-1], cfg["warmup_epochs"], cfg["alpha"],
+        cfg["focal_lambda"], cfg["focal_gamma"], cfg["ngwp_eps"], cfg.get("relaxed", False),
+        cfg["restrict_to_labels"], cfg["head_lr_mult"]),
 }
 
 
-def build_objective(name: str, **kwargs):
-    """Instantiate the objective of method ``name``; unknown names raise ``ValueError``."""
+def build_objective(name: str, cfg: dict, context: StepContext | None = None, model: nn.Module | None = None):
+    """The objective of method ``name`` built from its config section.
+
+    Raises:
+        ValueError: unknown method, or an incremental method without a step context.
+    """
     if name not in OBJECTIVES:
         raise ValueError(f"unknown method {name!r}; known: {', '.join(sorted(OBJECTIVES))}")
-    return OBJECTIVES[name](**kwargs)
+    if name not in ("base", "ft", "joint") and context is None:
+        raise ValueError(f"method {name!r} runs at steps t >= 1 and needs the step context")
+    return OBJECTIVES[name](cfg, context, model)
+
+
+__all__ = ["OBJECTIVES", "StepContext", "build_objective"]

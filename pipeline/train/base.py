@@ -52,7 +52,7 @@ def run(args: argparse.Namespace) -> None:
     seed_everything(args.seed)
     classes_per_step = [len(task_steps(task)[0])]
     model = build_segmenter(model_cfg, classes_per_step)
-    objective = build_objective("base", loss=train["loss"], head_lr_mult=train["head_lr_mult"])
+    objective = build_objective("base", {"loss": train["loss"], "head_lr_mult": train["head_lr_mult"]})
     cfg = LoopConfig(epochs=train["epochs"], batch_size=train["batch_size"], lr=train["lr"],
                      momentum=train["momentum"], weight_decay=train["weight_decay"],
                      poly_power=train["poly_power"], seed=args.seed, amp=train["amp"],

@@ -1,0 +1,258 @@
+"""WILSON (Cermelli et al. CVPR 2022) Eq. 1-8 and the localizer, against values computed by hand."""
+
+import math
+
+import pytest
+import torch
+
+from pipeline.losses.wilson import (
+    classification_loss,
+    focal_penalty,
+    hard_pseudo_labels,
+    image_scores,
+    localization_prior_loss,
+    ngwp_pool,
+    restrict_to_image_labels,
+    segmentation_loss,
+    soft_pseudo_labels,
+    wilson_target,
+)
+from pipeline.models.localizer import Localizer
+
+LN2, LN3 = math.log(2.0), math.log(3.0)
+
+
+def _sigmoid(x):
+    return 1.0 / (1.0 + math.exp(-x))
+
+
+def _bce(target, logit):
+    """-[y log σ(x) + (1 - y) log(1 - σ(x))], written out."""
+    s = _sigmoid(logit)
+    return -(target * math.log(s) + (1.0 - target) * math.log(1.0 - s))
+
+
+def _close(tensor, expected, tol=1e-6):
+    assert math.isclose(float(tensor), expected, rel_tol=tol, abs_tol=tol), (float(tensor), expected)
+
+
+# 1 image, 2 classes, 1x2 pixels. Pixel 0: z = (1, 1 + ln 3) -> m = (1/4, 3/4);
+# pixel 1: z = (2, 2) -> m = (1/2, 1/2).
+SCORES_1x2 = torch.tensor([[[[1.0, 2.0]], [[1.0 + LN3, 2.0]]]])
+
+
+def test_ngwp_pool_by_hand():
+    # class 0: sum m z = 1/4 * 1 + 1/2 * 2 = 1.25, sum m = 0.75
+    # class 1: sum m z = 3/4 * (1 + ln 3) + 1/2 * 2, sum m = 1.25
+    pooled = ngwp_pool(SCORES_1x2)
+    assert pooled.shape == (1, 2)
+    _close(pooled[0, 0], 1.25 / (1.0 + 0.75))
+    _close(pooled[0, 1], (0.75 * (1.0 + LN3) + 1.0) / (1.0 + 1.25))
+    # eps = 0: the plain m-weighted mean of z
+    _close(ngwp_pool(SCORES_1x2, eps=0.0)[0, 0], 1.25 / 0.75)
+
+
+def test_focal_penalty_by_hand():
+    # mean mask over |I| = 2 pixels: class 0 (1/4 + 1/2) / 2 = 0.375, class 1 0.625
+    foc = focal_penalty(SCORES_1x2, lam=0.01, gamma=3.0)
+    assert foc.shape == (1, 2)
+    _close(foc[0, 0], (1 - 0.375) ** 3 * math.log(0.01 + 0.375))
+    _close(foc[0, 1], (1 - 0.625) ** 3 * math.log(0.01 + 0.625))
+    _close(focal_penalty(SCORES_1x2, lam=0.5, gamma=1.0)[0, 0], (1 - 0.375) * math.log(0.5 + 0.375))
+
+
+def test_image_scores_are_ngwp_plus_focal_logits():
+    expected = (0.75 * (1.0 + LN3) + 1.0) / 2.25 + 0.375**3 * math.log(0.635)
+    _close(image_scores(SCORES_1x2)[0, 1], expected)
+
+
+def test_pooling_rejects_bad_arguments():
+    with pytest.raises(ValueError):
+        ngwp_pool(torch.zeros(2, 3))
+    with pytest.raises(ValueError):
+        ngwp_pool(SCORES_1x2, eps=-1.0)
+    with pytest.raises(ValueError):
+        focal_penalty(SCORES_1x2, lam=-0.1)
+
+
+# 1 image, 4 channels (background, old, new a, new b), 2x2 identical pixels:
+# z = (0, 0, ln 2, 0) everywhere -> m = (1/5, 1/5, 2/5, 1/5), |I| = 4.
+SCORES_4 = torch.tensor([0.0, 0.0, LN2, 0.0]).view(1, 4, 1, 1).expand(1, 4, 2, 2).contiguous()
+
+
+def _pooled_logit(z, m, n=4, lam=0.01, gamma=3.0):
+    return n * m * z / (1.0 + n * m) + (1.0 - m) ** gamma * math.log(lam + m)
+
+
+def test_classification_loss_by_hand():
+    labels = torch.tensor([[1.0, 1.0, 1.0, 0.0]])  # image has new class a, not b
+    s_a = _pooled_logit(LN2, 0.4)
+    s_b = _pooled_logit(0.0, 0.2)
+    # Eq. 3 over K = {a, b}: -1/2 [log σ(s_a) + log(1 - σ(s_b))]
+    expected = -0.5 * (math.log(_sigmoid(s_a)) + math.log(1.0 - _sigmoid(s_b)))
+    _close(classification_loss(SCORES_4, labels, [2, 3]), expected)
+    # labels outside K are not read
+    _close(classification_loss(SCORES_4, torch.tensor([[0.0, 0.0, 1.0, 0.0]]), [2, 3]), expected)
+    # K = {a} only (|K| = 1, no averaging with b)
+    _close(classification_loss(SCORES_4, labels, [2]), -math.log(_sigmoid(s_a)))
+
+
+def test_classification_loss_averages_over_batch():
+    scores = torch.cat([SCORES_4, SCORES_4])
+    labels = torch.tensor([[0.0, 0.0, 1.0, 0.0], [0.0, 0.0, 0.0, 1.0]])
+    s_a, s_b = _pooled_logit(LN2, 0.4), _pooled_logit(0.0, 0.2)
+    first = 0.5 * (_bce(1.0, s_a) + _bce(0.0, s_b))
+    second = 0.5 * (_bce(0.0, s_a) + _bce(1.0, s_b))
+    _close(classification_loss(scores, labels, [2, 3]), 0.5 * (first + second))
+
+
+def test_classification_loss_rejects_bad_classes_and_labels():
+    labels = torch.zeros(1, 4)
+    for classes in ([], [2, 2], [4], [-1]):
+        with pytest.raises(ValueError):
+            classification_loss(SCORES_4, labels, classes)
+    with pytest.raises(ValueError):
+        classification_loss(SCORES_4, torch.zeros(1, 2), [0])
+
+
+def test_localization_prior_loss_by_hand():
+    # z: 3 channels (background, old, new), 1x2 pixels; the old model has 2 channels.
+    scores = torch.tensor([[[[0.0, LN3]], [[LN3, -1.0]], [[100.0, -100.0]]]])
+    old_logits = torch.tensor([[[[0.0, LN3]], [[-LN3, 0.0]]]])  # ω = (1/2, 3/4), (1/4, 1/2)
+    omega = [[0.5, 0.75], [0.25, 0.5]]
+    z = [[0.0, LN3], [LN3, -1.0]]
+    expected = sum(_bce(omega[c][i], z[c][i]) for c in range(2) for i in range(2)) / (2 * 2)
+    _close(localization_prior_loss(scores, old_logits), expected)
+    # the new channel is not supervised
+    other_new = scores.clone()
+    other_new[:, 2] = 0.0
+    _close(localization_prior_loss(other_new, old_logits), expected)
+
+
+def test_localization_prior_loss_detaches_old_model_and_checks_shapes():
+    scores = torch.randn(1, 3, 2, 2, requires_grad=True)
+    old_logits = torch.randn(1, 2, 2, 2, requires_grad=True)
+    localization_prior_loss(scores, old_logits).backward()
+    assert old_logits.grad is None
+    assert scores.grad[:, :2].abs().sum() > 0 and scores.grad[:, 2].abs().sum() == 0
+    with pytest.raises(ValueError, match="interpolate"):
+        localization_prior_loss(scores, torch.randn(1, 2, 4, 4))
+    with pytest.raises(ValueError):
+        localization_prior_loss(scores, torch.randn(1, 4, 2, 2))
+
+
+# One 3-class pixel per column: column 0 z = (0, ln 2, ln 3) -> m = (1/6, 2/6, 3/6);
+# column 1 z = (ln 5, 0, ln 2) -> m = (5/8, 1/8, 2/8).
+MASKS_3 = torch.tensor([[[[0.0, math.log(5.0)]], [[LN2, 0.0]], [[LN3, LN2]]]]).softmax(dim=1)
+
+
+def test_hard_pseudo_labels_by_hand():
+    hard = hard_pseudo_labels(MASKS_3)
+    assert hard.dtype == MASKS_3.dtype
+    torch.testing.assert_close(hard, torch.tensor([[[[0.0, 1.0]], [[0.0, 0.0]], [[1.0, 0.0]]]]))
+    # a tie goes to the lowest index, still one-hot
+    tie = hard_pseudo_labels(torch.tensor([0.4, 0.4, 0.2]).view(1, 3, 1, 1))
+    assert tie.flatten().tolist() == [1.0, 0.0, 0.0]
+
+
+def test_soft_pseudo_labels_by_hand():
+    q = soft_pseudo_labels(MASKS_3, alpha=0.5)
+    # column 0: 0.5 * (0, 0, 1) + 0.5 * (1/6, 2/6, 3/6); column 1: 0.5 * (1, 0, 0) + 0.5 * (5/8, 1/8, 2/8)
+    expected = torch.tensor([[[[1 / 12, 0.5 + 5 / 16]], [[2 / 12, 1 / 16]], [[0.5 + 3 / 12, 2 / 16]]]])
+    torch.testing.assert_close(q, expected)
+    torch.testing.assert_close(soft_pseudo_labels(MASKS_3, alpha=1.0), hard_pseudo_labels(MASKS_3))
+    torch.testing.assert_close(soft_pseudo_labels(MASKS_3, alpha=0.0), MASKS_3)
+    with pytest.raises(ValueError):
+        soft_pseudo_labels(MASKS_3, alpha=1.5)
+
+
+def test_wilson_target_by_hand():
+    # channels: background, old, new; 1x2 pixels; old model: background, old.
+    q = torch.tensor([[[[0.4, 0.9]], [[0.3, 0.05]], [[0.3, 0.05]]]])
+    old_logits = torch.tensor([[[[LN3, -LN3]], [[0.0, math.log(4.0)]]]])  # σ: (3/4, 1/4), (1/2, 4/5)
+    target = wilson_target(q, old_logits, new_classes=[2])
+    expected = torch.tensor(
+        [[
+            [[0.4, 0.25]],  # background: pixel 0 min(3/4, 0.4) picks q, pixel 1 min(1/4, 0.9) picks the old model
+            [[0.5, 0.8]],  # old class: σ(old), q ignored
+            [[0.3, 0.05]],  # new class: q
+        ]]
+    )
+    torch.testing.assert_close(target, expected)
+    assert q[0, 0, 0, 1] == 0.9  # input untouched
+
+
+def test_wilson_target_checks_new_classes_and_shapes():
+    q = torch.rand(1, 4, 2, 2)
+    old_logits = torch.randn(1, 2, 2, 2)
+    assert wilson_target(q, old_logits, [2, 3]).shape == (1, 4, 2, 2)
+    for new_classes in ([1, 2], [3, 2], [2], [2, 3, 4], []):
+        with pytest.raises(ValueError):
+            wilson_target(q, old_logits, new_classes)
+    with pytest.raises(ValueError):
+        wilson_target(q, old_logits, [2, 3], background=2)
+    with pytest.raises(ValueError):
+        wilson_target(q, torch.randn(1, 2, 3, 3), [2, 3])
+
+
+def test_segmentation_loss_by_hand():
+    # 2 classes, 1x2 pixels
+    logits = torch.tensor([[[[0.0, LN3]], [[LN3, -1.0]]]])
+    target = torch.tensor([[[[0.25, 1.0]], [[0.5, 0.0]]]])
+    pixel0 = _bce(0.25, 0.0) + _bce(0.5, LN3)
+    pixel1 = _bce(1.0, LN3) + _bce(0.0, -1.0)
+    _close(segmentation_loss(logits, target), (pixel0 + pixel1) / 2)  # sum over classes, mean over pixels
+    valid = torch.tensor([[[True, False]]])
+    _close(segmentation_loss(logits, target, valid), pixel0)
+
+
+def test_segmentation_loss_detaches_target_and_handles_no_valid_pixel():
+    logits = torch.randn(2, 3, 2, 2, requires_grad=True)
+    target = torch.rand(2, 3, 2, 2, requires_grad=True)
+    segmentation_loss(logits, target).backward()
+    assert target.grad is None and logits.grad.abs().sum() > 0
+    loss = segmentation_loss(logits, target.detach(), torch.zeros(2, 2, 2, dtype=torch.bool))
+    assert float(loss.detach()) == 0.0
+    with pytest.raises(ValueError):
+        segmentation_loss(logits, target[:, :2])
+    with pytest.raises(ValueError):
+        segmentation_loss(logits, target, torch.ones(2, 3, 3, dtype=torch.bool))
+
+
+def test_restrict_to_image_labels():
+    # 2 images, channels: background, old, new a, new b; 1x1 pixel
+    q = torch.tensor([[0.1, 0.2, 0.3, 0.4], [0.5, 0.6, 0.7, 0.8]]).view(2, 4, 1, 1)
+    labels = torch.tensor([[0.0, 0.0, 1.0, 0.0], [0.0, 0.0, 0.0, 1.0]])
+    out = restrict_to_image_labels(q, labels, new_classes=[2, 3])
+    expected = torch.tensor([[0.1, 0.2, 0.3, 0.0], [0.5, 0.6, 0.0, 0.8]]).view(2, 4, 1, 1)
+    torch.testing.assert_close(out, expected)  # background and old channel kept despite label 0
+    assert q[0, 3, 0, 0] == 0.4  # input untouched
+    with pytest.raises(ValueError):
+        restrict_to_image_labels(q, labels[:, :3], [2])
+    with pytest.raises(ValueError):
+        restrict_to_image_labels(q, labels, [4])
+
+
+def test_localizer_shape_and_layers():
+    torch.manual_seed(0)
+    localizer = Localizer(16, num_classes=5).eval()
+    assert localizer(torch.randn(2, 16, 7, 9)).shape == (2, 5, 7, 9)
+    convs = [m for m in localizer.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert [c.kernel_size for c in convs] == [(3, 3), (3, 3), (1, 1)]
+    assert [c.out_channels for c in convs] == [256, 256, 5]
+    assert all(c.stride == (1, 1) for c in convs)
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in localizer.modules()) == 2
+    assert sum(isinstance(m, torch.nn.LeakyReLU) for m in localizer.modules()) == 2
+    with pytest.raises(ValueError):
+        Localizer(16, num_classes=0)
+
+
+def test_gradients_reach_every_localizer_parameter():
+    torch.manual_seed(0)
+    localizer = Localizer(8, num_classes=4, channels=16).train()
+    scores = localizer(torch.randn(2, 8, 4, 4))
+    labels = torch.tensor([[1.0, 0.0, 1.0, 0.0], [1.0, 1.0, 0.0, 1.0]])
+    loss = classification_loss(scores, labels, [2, 3]) + localization_prior_loss(scores, torch.randn(2, 2, 4, 4))
+    loss.backward()
+    for name, param in localizer.named_parameters():
+        assert param.grad is not None and param.grad.abs().sum() > 0, name
