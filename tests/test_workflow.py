@@ -109,3 +109,25 @@ def test_missing_voc_root_fails_with_a_hint_and_no_output(tmp_path):
     log = (tmp_path / "logs/prepare_data/voc.log").read_text()
     assert "data/VOC2012/ImageSets/Segmentation/train_aug.txt" in log and "snakemake --cores 2 download" in log
     assert not (tmp_path / "results/voc/dataset.json").exists()
+
+
+def test_chained_multistep_run(tmp_path):
+    """10-5-5 overlap: step 1 starts from the base model, step 2 from step 1 of the same method."""
+    overlays = ["--configfile", str(REPO / "config/demo.yaml"), str(REPO / "tests/data/tiny.yaml"),
+                str(REPO / "tests/data/tiny-incremental.yaml")]
+    snakemake(tmp_path, "--cores", "2", *overlays, "--config",
+              "experiments={tasks: ['10-5-5'], protocols: [overlap], methods: [ft, wilson]}")
+    import torch
+
+    from pipeline.io import read_json
+
+    runs = tmp_path / "results/demo/10-5-5-overlap/seed0"
+    for method in ("ft", "wilson"):
+        for step, previous in ((1, "step0/base"), (2, f"step1/{method}")):
+            meta = torch.load(runs / f"step{step}/{method}/model.pt", weights_only=False)["meta"]
+            assert meta["previous"] == f"results/demo/10-5-5-overlap/seed0/{previous}/model.pt"
+            assert meta["classes_per_step"] == [11, 5, 5][: step + 1]
+            metrics = read_json(runs / f"step{step}/{method}/metrics.json")
+            assert metrics["new_classes"] == list(range(11, 11 + 5 * step))
+            assert len(metrics["per_class_iou"]) == 11 + 5 * step
+    assert (tmp_path / "results/report/figures/steps_demo_10-5-5.png").is_file()

@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 from pathlib import Path
+
+import torch
 
 from pipeline.data.tasks import pixel_target_lut, task_steps
 from pipeline.data.transforms import TrainTransform
@@ -18,6 +21,16 @@ from pipeline.train.common import parse_params, set_threads, setup_logging, step
 from pipeline.train.loop import LoopConfig, Trainer, fingerprint, resolve_device, seed_everything
 
 log = logging.getLogger("pipeline.train.base")
+
+#: Initial probability of every class under the BCE loss (Lin et al., "Focal Loss for Dense Object
+#: Detection", ICCV 2017, Sec. 4.1): sigmoids start near 0 instead of 0.5, so the first iterations
+#: are not spent pushing down the many absent classes of every pixel.
+PRIOR = 0.01
+
+
+def init_prior_bias(classifier: torch.nn.Conv2d, prior: float) -> None:
+    """Set the classifier biases to log(prior / (1 - prior)), i.e. sigmoid(bias) = prior."""
+    torch.nn.init.constant_(classifier.bias, math.log(prior / (1 - prior)))
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -52,6 +65,8 @@ def run(args: argparse.Namespace) -> None:
     seed_everything(args.seed)
     classes_per_step = [len(task_steps(task)[0])]
     model = build_segmenter(model_cfg, classes_per_step)
+    if train["loss"] == "bce":
+        init_prior_bias(model.classifier.blocks[0], PRIOR)
     objective = build_objective("base", {"loss": train["loss"], "head_lr_mult": train["head_lr_mult"]})
     cfg = LoopConfig(epochs=train["epochs"], batch_size=train["batch_size"], lr=train["lr"],
                      momentum=train["momentum"], weight_decay=train["weight_decay"],

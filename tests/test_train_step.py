@@ -1,0 +1,97 @@
+"""The data each incremental method trains on, and the step context."""
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline.data.splits import build_splits
+from pipeline.data.synthetic import generate
+from pipeline.data.tasks import joint_ids
+from pipeline.io import read_json, write_json
+from pipeline.methods import StepContext, build_objective
+from pipeline.models import build_segmenter
+from pipeline.__main__ import main
+from pipeline.train.step import training_data
+
+TRAIN = {"crop_size": 48, "scale_range": [1.0, 1.0]}
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    root = tmp_path_factory.mktemp("step")
+    generate(root / "data", n_train=40, n_val=4, size=48, seed=7)
+    main(["prepare-data", "--root", str(root / "data"), "--output", str(root / "dataset.json")])
+    index = read_json(root / "dataset.json")
+    train = {i: index["index"][i] for i in index["splits"]["train"]}
+    return root, train
+
+
+def test_image_supervision_never_shows_ground_truth(tiny):
+    root, train = tiny
+    step1 = build_splits(train, "15-5", "overlap")[1]
+    data = training_data("image", step1, str(root / "dataset.json"), "15-5", 1, 21, TRAIN)
+    assert len(data) == len(step1["ids"]) > 0
+    for i in range(len(data)):
+        sample = data[i]
+        assert set(torch.unique(sample["mask"]).tolist()) <= {0, 255}  # crop padding only
+        expected = torch.zeros(21)
+        expected[step1["labels"][sample["id"]]] = 1
+        assert torch.equal(sample["labels"], expected)
+        assert sample["labels"][16:].sum() >= 1 and sample["labels"][:16].sum() == 0
+
+
+def test_pixel_supervision_targets(tiny):
+    root, train = tiny
+    step1 = build_splits(train, "15-5", "overlap")[1]
+    ft = training_data("pixel-current", step1, str(root / "dataset.json"), "15-5", 1, 21, TRAIN)
+    for i in range(len(ft)):
+        assert set(torch.unique(ft[i]["mask"]).tolist()) <= {0, 16, 17, 18, 19, 20, 255}
+    joint = training_data("pixel-seen", step1, str(root / "dataset.json"), "15-5", 1, 21, TRAIN)
+    # overlap at the last step: every image holding any object class
+    assert len(joint) == sum(1 for entry in train.values() if entry["classes"])
+
+
+def test_joint_ids_by_hand():
+    index = {"a": [1], "b": [16], "c": [1, 16], "d": [12], "e": []}
+    # 10-5-5 step 1 (seen 1..15, future 16..20)
+    assert joint_ids(index, "10-5-5", 1, "overlap") == ["a", "c", "d"]
+    assert joint_ids(index, "10-5-5", 1, "disjoint") == ["a", "d"]
+    assert joint_ids(index, "10-5-5", 2, "disjoint") == ["a", "b", "c", "d"]
+
+
+def test_step_context_freezes_the_old_model():
+    old = build_segmenter({"backbone": "resnet18", "output_stride": 16, "pretrained": "none"}, [16]).train()
+    context = StepContext.build("15-5", 1, old)
+    assert not old.training and not any(p.requires_grad for p in old.parameters())
+    assert (context.num_old, context.new_classes, context.num_classes) == (16, [16, 17, 18, 19, 20], 21)
+    with pytest.raises(ValueError, match="t >= 1"):
+        StepContext.build("15-5", 0, old)
+    with pytest.raises(ValueError, match="needs the step context"):
+        build_objective("wilson", {})
+
+
+def test_wilson_warmup_trains_only_the_localizer():
+    torch.manual_seed(0)
+    cfg = {"backbone": "resnet18", "output_stride": 16, "pretrained": "none"}
+    old = build_segmenter(cfg, [16])
+    model = build_segmenter(cfg, [16])
+    model.load_state_dict(old.state_dict())
+    model.classifier.add_step(5)
+    context = StepContext.build("15-5", 1, old)
+    wilson = build_objective("wilson", {"warmup_epochs": 1, "alpha": 0.5, "focal_lambda": 0.01, "focal_gamma": 3.0,
+                                        "ngwp_eps": 1.0, "restrict_to_labels": True, "head_lr_mult": 10.0},
+                             context, model)
+    labels = torch.zeros(2, 21)
+    labels[0, 17] = labels[1, 20] = 1
+    batch = {"image": torch.randn(2, 3, 64, 64), "mask": torch.zeros(2, 64, 64, dtype=torch.long), "labels": labels}
+    losses = wilson.losses(batch, model(batch["image"]), epoch=0)
+    assert set(losses) == {"cls", "loc"}
+    sum(losses.values()).backward()
+    assert all(p.grad is None for p in model.parameters())
+    assert all(p.grad is not None for p in wilson.localizer.parameters())
+    model.zero_grad(set_to_none=True)
+    losses = wilson.losses(batch, model(batch["image"]), epoch=1)
+    assert set(losses) == {"cls", "loc", "seg"}
+    sum(losses.values()).backward()
+    assert model.classifier.blocks[1].weight.grad is not None
+    assert all(p.grad is None for p in old.parameters())
