@@ -26,7 +26,7 @@ def test_add_step_keeps_old_logits_and_splits_background():
     classifier = IncrementalClassifier(8, [4])
     features = torch.randn(2, 8, 3, 3)
     before = classifier(features)
-    classifier.add_step(3)
+    classifier.add_step(3, init="background")
     after = classifier(features)
     assert after.shape[1] == 7
     # object classes unchanged
@@ -75,3 +75,16 @@ def test_local_backbone_checkpoint_is_loaded(tmp_path):
     torch.save(reference.state_dict(), tmp_path / "resnet18.pth")
     model = build_segmenter(dict(SMALL, pretrained=str(tmp_path / "resnet18.pth")), [2])
     torch.testing.assert_close(model.backbone.conv1.weight, reference.conv1.weight)
+
+
+def test_add_step_prior_init_keeps_every_old_output():
+    torch.manual_seed(0)
+    classifier = IncrementalClassifier(8, [4])
+    features = torch.randn(2, 8, 3, 3)
+    before = classifier(features)
+    classifier.add_step(2, init="prior", prior=0.01)
+    after = classifier(features)
+    torch.testing.assert_close(after[:, :4], before)
+    torch.testing.assert_close(after[:, 4:].sigmoid(), torch.full((2, 2, 3, 3), 0.01))
+    with pytest.raises(ValueError, match="'uniform'"):
+        classifier.add_step(1, init="uniform")

@@ -46,6 +46,7 @@ class Wilson:
 
     name = "wilson"
     supervision = "image"
+    classifier_init = "prior"  # sigmoid outputs (Eq. 7-8): new classes start at a low probability
 
     def __init__(self, context: StepContext, in_channels: int, warmup_epochs: int = 5, alpha: float = 0.5,
                  focal_lambda: float = 0.01, focal_gamma: float = 3.0, ngwp_eps: float = 1.0,

@@ -85,22 +85,37 @@ class IncrementalClassifier(nn.Module):
     def forward(self, features: Tensor) -> Tensor:
         return torch.cat([block(features) for block in self.blocks], dim=1)
 
-    def add_step(self, num_new: int, init_from_background: bool = True) -> None:
+    def add_step(self, num_new: int, init: str = "background", prior: float = 0.01) -> None:
         """Append a block of ``num_new`` classes.
 
-        With ``init_from_background`` the new channels copy the background weights and the
-        background bias and the new biases are lowered by log(num_new + 1), so the background
-        probability is split evenly between background and the new classes at the start of the
-        step (MiB, Cermelli et al. CVPR 2020, Sec. 3.4). Old logits are unchanged.
+        Args:
+            num_new: classes added at this step.
+            init: ``background`` — for softmax outputs: the new channels copy the background
+                weights and bias, and the background and new biases are lowered by
+                log(num_new + 1), so the background probability is split evenly between the
+                background and the new classes and object classes keep their probabilities
+                (MiB, Cermelli et al. CVPR 2020, Sec. 3.4). ``prior`` — for sigmoid outputs
+                (WILSON's BCE losses): zero weights and bias log(prior / (1 - prior)), so every
+                new class starts at probability ``prior`` and no old output changes (under the
+                background init a sigmoid model would start by predicting every new class
+                with probability ~0.75 wherever it is sure of the background).
+            prior: the starting probability of the ``prior`` init.
+        Raises:
+            ValueError: unknown ``init``.
         """
+        if init not in ("background", "prior"):
+            raise ValueError(f"classifier init {init!r}: expected 'background' or 'prior'")
         block = nn.Conv2d(self.in_channels, num_new, 1).to(self.blocks[0].weight.device)
-        if init_from_background:
-            background = self.blocks[0]
-            shift = math.log(num_new + 1)
-            with torch.no_grad():
+        with torch.no_grad():
+            if init == "background":
+                background = self.blocks[0]
+                shift = math.log(num_new + 1)
                 block.weight.copy_(background.weight[:1].expand_as(block.weight))
                 block.bias.fill_(float(background.bias[0]) - shift)
                 background.bias[0] -= shift
+            else:
+                block.weight.zero_()
+                block.bias.fill_(math.log(prior / (1 - prior)))
         self.blocks.append(block)
 
 

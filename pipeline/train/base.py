@@ -18,6 +18,7 @@ from pipeline.io import read_json
 from pipeline.methods import build_objective
 from pipeline.models import build_segmenter, save_model
 from pipeline.train.common import parse_params, set_threads, setup_logging, step_dataset
+from pipeline import __version__
 from pipeline.train.loop import LoopConfig, Trainer, fingerprint, resolve_device, seed_everything
 
 log = logging.getLogger("pipeline.train.base")
@@ -74,7 +75,7 @@ def run(args: argparse.Namespace) -> None:
                      eval_every=train["eval_every"])
     validate = make_validator(args.data, task, 0, device, batch_size=train["eval_batch_size"]) if train["eval_every"] else None
     trainer = Trainer(model, objective, dataset, cfg, outdir, device, workers=args.workers, validate=validate,
-                      tag=fingerprint(model_cfg, train, split["ids"]))
+                      tag=fingerprint(model_cfg, train, split["ids"], PRIOR, __version__))
     history = trainer.fit()
     save_model(outdir / "model.pt", model, {
         "model": model_cfg, "task": task, "protocol": split["protocol"], "step": 0, "method": "base",

@@ -129,6 +129,15 @@ def fingerprint(*parts) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def file_digest(path: str | Path) -> str:
+    """sha256 of a file's bytes (hex, first 16 characters): ties a checkpoint to its inputs."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:16]
+
+
 def write_history(path: Path, history: list[dict]) -> None:
     """Write the per-epoch history as CSV (atomic); columns are the union of all rows' keys."""
     columns: list[str] = []

@@ -26,7 +26,8 @@ from pipeline.io import read_json
 from pipeline.methods import StepContext, build_objective
 from pipeline.models import load_model, save_model
 from pipeline.train.common import parse_params, set_threads, setup_logging, step_dataset
-from pipeline.train.loop import LoopConfig, Trainer, fingerprint, resolve_device, seed_everything
+from pipeline import __version__
+from pipeline.train.loop import LoopConfig, Trainer, file_digest, fingerprint, resolve_device, seed_everything
 
 log = logging.getLogger("pipeline.train.step")
 
@@ -99,8 +100,8 @@ def run(args: argparse.Namespace) -> None:
     seed_everything(args.seed)
     model, _ = load_model(args.previous, device)
     context = StepContext.build(task, step, old_model)
-    model.classifier.add_step(len(context.new_classes), init_from_background=True)
     objective = build_objective(args.method, method_cfg, context, model)
+    model.classifier.add_step(len(context.new_classes), init=getattr(objective, "classifier_init", "background"))
 
     dataset = training_data(objective.supervision, split, args.data, task, step, context.num_classes, train)
     log.info("%s: task %s %s step %d, %d training images (%s), new classes %s, device %s", args.method, task,
@@ -111,7 +112,8 @@ def run(args: argparse.Namespace) -> None:
     validate = make_validator(args.data, task, step, device, batch_size=train["eval_batch_size"]) if train["eval_every"] else None
     outdir = Path(args.outdir)
     trainer = Trainer(model, objective, dataset, cfg, outdir, device, workers=args.workers, validate=validate,
-                      tag=fingerprint(args.method, method_cfg, train, split["ids"], str(args.previous)))
+                      tag=fingerprint(args.method, method_cfg, train, split["ids"], file_digest(args.previous),
+                                      __version__))
     history = trainer.fit()
     save_model(outdir / "model.pt", model, {
         "model": meta["model"], "task": task, "protocol": split["protocol"], "step": step, "method": args.method,
