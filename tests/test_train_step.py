@@ -1,13 +1,12 @@
 """The data each incremental method trains on, and the step context."""
 
-import numpy as np
 import pytest
 import torch
 
 from pipeline.data.splits import build_splits
 from pipeline.data.synthetic import generate
 from pipeline.data.tasks import joint_ids
-from pipeline.io import read_json, write_json
+from pipeline.io import read_json
 from pipeline.methods import StepContext, build_objective
 from pipeline.models import build_segmenter
 from pipeline.__main__ import main

@@ -7,19 +7,17 @@ from __future__ import annotations
 import argparse
 import logging
 import math
-from pathlib import Path
 
 import torch
 
 from pipeline.data.tasks import pixel_target_lut, task_steps
 from pipeline.data.transforms import TrainTransform
-from pipeline.eval.evaluate import make_validator
 from pipeline.io import read_json
 from pipeline.methods import build_objective
-from pipeline.models import build_segmenter, save_model
-from pipeline.train.common import parse_params, set_threads, setup_logging, step_dataset
+from pipeline.models import build_segmenter
+from pipeline.train.common import add_run_arguments, parse_params, set_threads, setup_logging, step_dataset, train_and_save
 from pipeline import __version__
-from pipeline.train.loop import LoopConfig, Trainer, fingerprint, resolve_device, seed_everything
+from pipeline.train.loop import fingerprint, resolve_device, seed_everything
 
 log = logging.getLogger("pipeline.train.base")
 
@@ -35,15 +33,7 @@ def init_prior_bias(classifier: torch.nn.Conv2d, prior: float) -> None:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--split", required=True, help="step0.json written by the splits stage")
-    parser.add_argument("--data", required=True, help="dataset index JSON written by prepare-data")
-    parser.add_argument("--params", required=True,
-                        help='JSON: {"model": {...}, "train": {...}} (config sections model and train_base)')
-    parser.add_argument("--outdir", required=True, help="run directory (model.pt, history.csv, checkpoint.pt)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
-    parser.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
-    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
+    add_run_arguments(parser, 'JSON: {"model": {...}, "train": {...}} (config sections model and train_base)')
 
 
 def run(args: argparse.Namespace) -> None:
@@ -56,7 +46,6 @@ def run(args: argparse.Namespace) -> None:
         raise ValueError(f"{args.split}: train-base needs the split of step 0, got step {split.get('step')}")
     task = split["task"]
     device = resolve_device(args.device)
-    outdir = Path(args.outdir)
 
     lut = pixel_target_lut(task, 0)
     dataset = step_dataset(args.data, split["ids"], TrainTransform(train["crop_size"], tuple(train["scale_range"]), lut))
@@ -69,18 +58,7 @@ def run(args: argparse.Namespace) -> None:
     if train["loss"] == "bce":
         init_prior_bias(model.classifier.blocks[0], PRIOR)
     objective = build_objective("base", {"loss": train["loss"], "head_lr_mult": train["head_lr_mult"]})
-    cfg = LoopConfig(epochs=train["epochs"], batch_size=train["batch_size"], lr=train["lr"],
-                     momentum=train["momentum"], weight_decay=train["weight_decay"],
-                     poly_power=train["poly_power"], seed=args.seed, amp=train["amp"],
-                     eval_every=train["eval_every"])
-    validate = make_validator(args.data, task, 0, device, batch_size=train["eval_batch_size"]) if train["eval_every"] else None
-    trainer = Trainer(model, objective, dataset, cfg, outdir, device, workers=args.workers, validate=validate,
-                      tag=fingerprint(model_cfg, train, split["ids"], PRIOR, __version__))
-    history = trainer.fit()
-    save_model(outdir / "model.pt", model, {
-        "model": model_cfg, "task": task, "protocol": split["protocol"], "step": 0, "method": "base",
-        "seed": args.seed, "seen_classes": split["seen_classes"], "train": train,
-        "final_loss": history[-1]["loss"] if history else None,
-    })
-    trainer.remove_checkpoint()
-    log.info("wrote %s", outdir / "model.pt")
+    train_and_save(model, objective, dataset, train, args, device, task, 0,
+                   meta={"model": model_cfg, "task": task, "protocol": split["protocol"], "step": 0,
+                         "method": "base", "seen_classes": split["seen_classes"]},
+                   tag=fingerprint(model_cfg, train, split["ids"], PRIOR, __version__))

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import sys
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from pipeline.data.voc import VOCSegmentation
 from pipeline.io import read_json
@@ -45,3 +47,40 @@ def step_dataset(data_index: str | Path, ids: list[str], transform) -> VOCSegmen
 def val_ids(data_index: str | Path) -> list[str]:
     """The validation ids listed in a prepare-data index."""
     return list(read_json(data_index)["splits"]["val"])
+
+
+def add_run_arguments(parser: argparse.ArgumentParser, params_help: str) -> None:
+    """Options every training stage shares: inputs, run folder, seed and compute."""
+    parser.add_argument("--split", required=True, help="step{t}.json written by the splits stage")
+    parser.add_argument("--data", required=True, help="dataset index JSON written by prepare-data")
+    parser.add_argument("--params", required=True, help=params_help)
+    parser.add_argument("--outdir", required=True, help="run directory (model.pt, history.csv, checkpoint.pt)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
+    parser.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
+
+
+def train_and_save(model: nn.Module, objective, dataset, train: dict, args: argparse.Namespace,
+                   device: torch.device, task: str, step: int, meta: dict, tag: str) -> list[dict]:
+    """Run the shared loop with the config section ``train`` (validation every ``eval_every``
+    epochs), write ``model.pt`` with ``meta`` and drop the checkpoint; returns the history."""
+    from pipeline.eval.evaluate import make_validator
+    from pipeline.models import save_model
+    from pipeline.train.loop import LoopConfig, Trainer
+
+    cfg = LoopConfig(epochs=train["epochs"], batch_size=train["batch_size"], lr=train["lr"],
+                     momentum=train["momentum"], weight_decay=train["weight_decay"],
+                     poly_power=train["poly_power"], seed=args.seed, amp=train["amp"],
+                     eval_every=train["eval_every"])
+    validate = (make_validator(args.data, task, step, device, batch_size=train["eval_batch_size"])
+                if train["eval_every"] else None)
+    outdir = Path(args.outdir)
+    trainer = Trainer(model, objective, dataset, cfg, outdir, device, workers=args.workers,
+                      validate=validate, tag=tag)
+    history = trainer.fit()
+    save_model(outdir / "model.pt", model, {**meta, "seed": args.seed, "train": train,
+                                             "final_loss": history[-1]["loss"] if history else None})
+    trainer.remove_checkpoint()
+    logging.getLogger(__name__).info("wrote %s", outdir / "model.pt")
+    return history

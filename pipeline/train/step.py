@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -21,13 +20,12 @@ from torch.utils.data import Dataset
 
 from pipeline.data.tasks import joint_ids, pixel_target_lut
 from pipeline.data.transforms import TrainTransform
-from pipeline.eval.evaluate import make_validator
 from pipeline.io import read_json
 from pipeline.methods import StepContext, build_objective
-from pipeline.models import load_model, save_model
-from pipeline.train.common import parse_params, set_threads, setup_logging, step_dataset
+from pipeline.models import load_model
+from pipeline.train.common import add_run_arguments, parse_params, set_threads, setup_logging, step_dataset, train_and_save
 from pipeline import __version__
-from pipeline.train.loop import LoopConfig, Trainer, file_digest, fingerprint, resolve_device, seed_everything
+from pipeline.train.loop import file_digest, fingerprint, resolve_device, seed_everything
 
 log = logging.getLogger("pipeline.train.step")
 
@@ -70,16 +68,8 @@ def training_data(supervision: str, split: dict, data_index: str, task: str, ste
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--method", required=True, help="ft | joint | mib | wilson")
-    parser.add_argument("--split", required=True, help="step{t}.json written by the splits stage")
     parser.add_argument("--previous", required=True, help="model.pt of step t-1 (step 0: the base model)")
-    parser.add_argument("--data", required=True, help="dataset index JSON written by prepare-data")
-    parser.add_argument("--params", required=True,
-                        help='JSON: {"train": {...}, "method": {...}} (config train_step and methods.<name>)')
-    parser.add_argument("--outdir", required=True, help="run directory (model.pt, history.csv, checkpoint.pt)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--workers", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=0)
+    add_run_arguments(parser, 'JSON: {"train": {...}, "method": {...}} (config train_step and methods.<name>)')
 
 
 def run(args: argparse.Namespace) -> None:
@@ -106,21 +96,9 @@ def run(args: argparse.Namespace) -> None:
     dataset = training_data(objective.supervision, split, args.data, task, step, context.num_classes, train)
     log.info("%s: task %s %s step %d, %d training images (%s), new classes %s, device %s", args.method, task,
              split["protocol"], step, len(dataset), objective.supervision, context.new_classes, device)
-    cfg = LoopConfig(epochs=train["epochs"], batch_size=train["batch_size"], lr=train["lr"],
-                     momentum=train["momentum"], weight_decay=train["weight_decay"], poly_power=train["poly_power"],
-                     seed=args.seed, amp=train["amp"], eval_every=train["eval_every"])
-    validate = make_validator(args.data, task, step, device, batch_size=train["eval_batch_size"]) if train["eval_every"] else None
-    outdir = Path(args.outdir)
-    trainer = Trainer(model, objective, dataset, cfg, outdir, device, workers=args.workers, validate=validate,
-                      tag=fingerprint(args.method, method_cfg, train, split["ids"], file_digest(args.previous),
-                                      __version__))
-    history = trainer.fit()
-    save_model(outdir / "model.pt", model, {
-        "model": meta["model"], "task": task, "protocol": split["protocol"], "step": step, "method": args.method,
-        "seed": args.seed, "seen_classes": split["seen_classes"], "train": train, "method_cfg": method_cfg,
-        "previous": str(args.previous), "final_loss": history[-1]["loss"] if history else None,
-    })
-    trainer.remove_checkpoint()
-    log.info("wrote %s", outdir / "model.pt")
-
-
+    train_and_save(model, objective, dataset, train, args, device, task, step,
+                   meta={"model": meta["model"], "task": task, "protocol": split["protocol"], "step": step,
+                         "method": args.method, "seen_classes": split["seen_classes"], "method_cfg": method_cfg,
+                         "previous": str(args.previous)},
+                   tag=fingerprint(args.method, method_cfg, train, split["ids"], file_digest(args.previous),
+                                   __version__))
