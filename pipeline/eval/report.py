@@ -637,7 +637,7 @@ def plot_steps(runs: Sequence[Run], path: Path) -> None:
                markersize=4, label=label)
         for name, label in (("all", "all"), ("old", "old (base classes)"), ("new", "new"))
     ]
-    fig.legend(handles=handles, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8)
+    axes[-1].legend(handles=handles, loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize=8)
     fig.suptitle(f"mIoU per step, {first['dataset']} {first['task']}")
     _save(fig, path)
 
