@@ -27,7 +27,8 @@ def _as_tensor(x, name: str) -> torch.Tensor:
             raise TypeError(f"{name}: expected an integer array, got dtype {x.dtype}")
         if x.dtype == np.uint16 or x.dtype == np.uint32 or x.dtype == np.uint64:
             x = x.astype(np.int64)
-        return torch.from_numpy(np.ascontiguousarray(x))
+        x = np.ascontiguousarray(x)
+        return torch.from_numpy(x if x.flags.writeable else x.copy())  # read-only: e.g. np.asarray(PIL image)
     if isinstance(x, torch.Tensor):
         if x.dtype not in _INTEGER_DTYPES:
             raise TypeError(f"{name}: expected an integer tensor, got dtype {x.dtype}")
