@@ -15,3 +15,9 @@ def demo_root(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("demo")
     generate(root, seed=0, workers=2)
     return root
+
+
+def shared_dir() -> Path:
+    """The project's shared/ folder: beside the checkout (CI's fresh clone), else /work/shared."""
+    beside = Path(__file__).resolve().parents[2] / "shared"
+    return beside if beside.is_dir() else Path("/work/shared")

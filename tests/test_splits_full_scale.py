@@ -21,7 +21,9 @@ from PIL import Image
 
 from pipeline.data import splits, tasks
 
-LABELS_ROOT = Path("/work/shared/voc-aug-labels")
+from conftest import shared_dir  # noqa: E402  (tests/ is on sys.path under pytest)
+
+LABELS_ROOT = shared_dir() / "voc-aug-labels"
 REPO = Path(__file__).resolve().parents[1]
 
 pytestmark = pytest.mark.skipif(not (LABELS_ROOT / "train_aug.txt").exists(),

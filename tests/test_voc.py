@@ -16,7 +16,9 @@ from pipeline.data.classes import voc_palette
 from pipeline.data.voc import (DatasetError, VOCSegmentation, check_pair, index_dataset, load_image,
                                load_mask, read_ids, resolve_mask_dir)
 
-SHARED = Path("/work/shared")
+from conftest import shared_dir  # noqa: E402  (tests/ is on sys.path under pytest)
+
+SHARED = shared_dir()
 MINI = SHARED / "voc-mini"
 AUG = SHARED / "voc-aug-labels"
 needs_mini = pytest.mark.skipif(not MINI.is_dir(), reason="shared/voc-mini not available")
