@@ -12,12 +12,11 @@ import torch
 
 from pipeline.data.tasks import pixel_target_lut, task_steps
 from pipeline.data.transforms import TrainTransform
-from pipeline.io import read_json
 from pipeline.methods import build_objective
 from pipeline.models import build_segmenter
-from pipeline.train.common import add_run_arguments, parse_params, set_threads, setup_logging, step_dataset, train_and_save
+from pipeline.train.common import add_run_arguments, start_run, step_dataset, train_and_save
 from pipeline import __version__
-from pipeline.train.loop import fingerprint, resolve_device, seed_everything
+from pipeline.train.loop import fingerprint, seed_everything
 
 log = logging.getLogger("pipeline.train.base")
 
@@ -37,15 +36,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    setup_logging()
-    set_threads(args.threads)
-    params = parse_params(args.params)
+    params, split, device = start_run(args)
     model_cfg, train = params["model"], params["train"]
-    split = read_json(args.split)
     if split.get("step") != 0:
         raise ValueError(f"{args.split}: train-base needs the split of step 0, got step {split.get('step')}")
     task = split["task"]
-    device = resolve_device(args.device)
 
     lut = pixel_target_lut(task, 0)
     dataset = step_dataset(args.data, split["ids"], TrainTransform(train["crop_size"], tuple(train["scale_range"]), lut))

@@ -84,3 +84,13 @@ def train_and_save(model: nn.Module, objective, dataset, train: dict, args: argp
     trainer.remove_checkpoint()
     logging.getLogger(__name__).info("wrote %s", outdir / "model.pt")
     return history
+
+
+def start_run(args: argparse.Namespace) -> tuple[dict, dict, torch.device]:
+    """Prologue of a training stage: logging, CPU threads, ``--params``, the split, the device."""
+    from pipeline.io import read_json
+    from pipeline.train.loop import resolve_device
+
+    setup_logging()
+    set_threads(args.threads)
+    return parse_params(args.params), read_json(args.split), resolve_device(args.device)

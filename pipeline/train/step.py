@@ -23,9 +23,9 @@ from pipeline.data.transforms import TrainTransform
 from pipeline.io import read_json
 from pipeline.methods import StepContext, build_objective
 from pipeline.models import load_model
-from pipeline.train.common import add_run_arguments, parse_params, set_threads, setup_logging, step_dataset, train_and_save
+from pipeline.train.common import add_run_arguments, start_run, step_dataset, train_and_save
 from pipeline import __version__
-from pipeline.train.loop import file_digest, fingerprint, resolve_device, seed_everything
+from pipeline.train.loop import file_digest, fingerprint, seed_everything
 
 log = logging.getLogger("pipeline.train.step")
 
@@ -73,15 +73,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    setup_logging()
-    set_threads(args.threads)
-    params = parse_params(args.params)
+    params, split, device = start_run(args)
     train, method_cfg = params["train"], params["method"]
-    split = read_json(args.split)
     task, step = split["task"], split["step"]
     if step < 1:
         raise ValueError(f"{args.split}: train-step needs a step t >= 1, got {step} (step 0 is train-base)")
-    device = resolve_device(args.device)
 
     old_model, meta = load_model(args.previous, device)
     if (meta.get("task"), meta.get("step")) != (task, step - 1):
