@@ -17,6 +17,10 @@ STAGES: dict[str, tuple[str, str]] = {
     "splits": ("pipeline.data.splits", "incremental splits: ids and image-level labels per step"),
     "train-base": ("pipeline.train.base", "step-0 training with pixel labels"),
     "train-step": ("pipeline.train.step", "incremental step t >= 1 of one method (ft, joint, mib, wilson)"),
+    "memory-bank": ("pipeline.data.memory", "FMWISS memory bank: B old-class instances per class (HDF5)"),
+    "coseg": ("pipeline.foundation.stage", "FMWISS co-segmentation: CLIP initial masks + SSL seed attention (HDF5)"),
+    "train-cam": ("pipeline.wsss.train_cam", "offline WSSS baseline classifier (cam, vwe, iscam) on image labels"),
+    "pseudo-labels": ("pipeline.wsss.pseudo_labels", "hard pseudo-labels from a CAM network (HDF5) + their quality"),
     "evaluate": ("pipeline.eval.evaluate", "confusion matrix, per-class IoU, old/new/all mIoU"),
     "report": ("pipeline.eval.report", "tables, charts, learning curves, qualitative figures"),
 }
