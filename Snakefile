@@ -5,6 +5,7 @@
 #   snakemake --profile profiles/slurm                   # the same DAG on a SLURM cluster
 #
 # The DAG: [make_demo_data | download] → prepare_data → splits → train_base (step 0)
+#          → [memory_bank, coseg (fmwiss) | train_cam → pseudo_labels (cam, vwe, iscam)]
 #          → train_step (t = 1..T-1, per method) → evaluate → report.
 
 import os
@@ -25,6 +26,8 @@ validate(config, "schemas/config.schema.yaml")
 include: "rules/common.smk"
 include: "rules/data.smk"
 include: "rules/base.smk"
+include: "rules/coseg.smk"
+include: "rules/wsss.smk"
 include: "rules/incremental.smk"
 include: "rules/evaluate.smk"
 

@@ -7,6 +7,7 @@ import sys
 from snakemake.settings.types import DeploymentMethod
 
 from pipeline.data.tasks import num_steps
+from pipeline.methods.variants import merge, resolve_method
 
 DATASET = config["dataset"]["name"]
 ROOT = config["dataset"]["root"]
@@ -29,13 +30,26 @@ wildcard_constraints:
     protocol="disjoint|overlap",
     seed=r"\d+",
     step=r"\d+",
-    method="[a-z_]+",
+    method="[a-z][a-z0-9_]*",
+    cam="cam|vwe|iscam",
+    cache="[a-z][a-z0-9_]*",
 
 
 DATA_INDEX = "results/{dataset}/dataset.json"
 SPLIT = "results/{dataset}/splits/{task}-{protocol}/step{step}.json"
 SPLIT_SUMMARY = "results/{dataset}/splits/{task}-{protocol}/summary.json"
 RUN = "results/{dataset}/{task}-{protocol}/seed{seed}/step{step}/{method}"
+# FMWISS: co-segmentation cache per step ("default": config coseg; a variant changing what the
+# foundation models compute gets its own), memory bank of step 0 (ground truth) and its extension
+# by each step's new classes (from that step's fused masks).
+COSEG = "results/{dataset}/{task}-{protocol}/step{step}/coseg/{cache}"
+COSEG_QUALITY = "results/{dataset}/{task}-{protocol}/step{step}/coseg/quality/{method}"
+MEMORY0 = "results/{dataset}/{task}-{protocol}/step0/memory_bank.h5"
+MEMORY_STEP = "results/{dataset}/{task}-{protocol}/step{step}/memory_bank/{cache}.h5"
+# Offline WSSS baselines: CAM network and its pseudo-labels, per seed and step.
+WSSS = "results/{dataset}/{task}-{protocol}/seed{seed}/step{step}/wsss/{cam}"
+PSEUDO = "results/{dataset}/{task}-{protocol}/seed{seed}/step{step}/pseudo/{cam}"
+CAM_METHODS = ("cam", "vwe", "iscam")
 
 
 def log_path(rule, suffix=".log"):
@@ -48,7 +62,37 @@ def bench_path(rule, suffix=".tsv"):
     return f"results/{{dataset}}/benchmarks/{rule}{suffix}"
 
 REPORT_DIR = "results/report"
-INCREMENTAL_METHODS = ["ft", "joint", "mib", "wilson"]
+# Every method and variant with a section under `methods:` can run at t >= 1.
+INCREMENTAL_METHODS = sorted(config["methods"])
+
+
+def method_settings(name):
+    """The complete settings of a method or variant (methods.<name>, merged onto its base's), with
+    ``method`` = the base method; fmwiss also gets its full ``coseg`` section."""
+    base, settings = resolve_method(config["methods"], name)
+    settings = dict(settings, method=base)
+    if base == "fmwiss":
+        settings["coseg"] = merge(config["coseg"], settings.get("coseg", {}))
+    return settings
+
+
+def coseg_compute(cfg):
+    """The co-segmentation settings that change what the foundation models compute (not the ones
+    applied when the cache is read: fusion, top-K, thresholds)."""
+    from pipeline.foundation.coseg import READ_KEYS
+
+    return {k: v for k, v in cfg.items() if k not in READ_KEYS}
+
+
+def coseg_cache_name(method):
+    """`default` when a fmwiss variant reads the default cache, else the variant's own name."""
+    cfg = method_settings(method)["coseg"]
+    return "default" if coseg_compute(cfg) == coseg_compute(config["coseg"]) else method
+
+
+def coseg_cache_config(cache):
+    """The coseg section a cache is computed (and its quality measured) with."""
+    return config["coseg"] if cache == "default" else method_settings(cache)["coseg"]
 
 
 def dataset_path(key):
@@ -97,6 +141,7 @@ def all_targets():
     and the report."""
     targets = [SPLIT_SUMMARY.format(dataset=DATASET, task=t, protocol=p) for t in EXP["tasks"] for p in EXP["protocols"]]
     targets += [run_dir(*run) + "/metrics.json" for run in runs()]
+    targets += quality_files()
     targets.append(f"{REPORT_DIR}/summary.md")
     return targets
 
@@ -104,3 +149,19 @@ def all_targets():
 def evaluated_runs():
     """(metrics.json, history.csv) of every run the report shows."""
     return [(run_dir(*run) + "/metrics.json", run_dir(*run) + "/history.csv") for run in runs()]
+
+
+def quality_files():
+    """Pseudo-label quality JSONs of the matrix: one per co-segmentation cache and per CAM
+    baseline, at every step t >= 1 (they feed the report's pseudo-label table)."""
+    files = []
+    for task, protocol, seed, step, method in runs():
+        if step == 0:
+            continue
+        base = method_settings(method)["method"]
+        wc = dict(dataset=DATASET, task=task, protocol=protocol, seed=seed, step=step)
+        if base == "fmwiss":
+            files.append(COSEG_QUALITY.format(method=method, **wc) + ".json")
+        elif base in CAM_METHODS:
+            files.append(PSEUDO.format(cam=base, **wc) + "_quality.json")
+    return sorted(set(files))

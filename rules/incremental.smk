@@ -11,8 +11,31 @@ def previous_model(wildcards):
 
 def step_params(wildcards):
     """--params of train_step: the loop settings and the method's section (+ relaxed labels)."""
-    method = dict(config["methods"][wildcards.method], relaxed=EXP["relaxed_labels"])
+    method = dict(method_settings(wildcards.method), relaxed=EXP["relaxed_labels"])
     return params_json(train=config["train_step"], method=method)
+
+
+def method_inputs(wildcards):
+    """The caches a method learns from: CAM pseudo-labels (cam, vwe, iscam); the co-segmentation
+    cache and the memory bank of the classes learned before step t (fmwiss)."""
+    base = method_settings(wildcards.method)["method"]
+    wc = dict(dataset=wildcards.dataset, task=wildcards.task, protocol=wildcards.protocol, step=wildcards.step)
+    if base in CAM_METHODS:
+        return {"pseudo": PSEUDO.format(cam=base, seed=wildcards.seed, **wc) + ".h5"}
+    if base == "fmwiss":
+        cache = coseg_cache_name(wildcards.method)
+        inputs = {"coseg": COSEG.format(cache=cache, **wc) + ".h5"}
+        if method_settings(wildcards.method)["paste_prob"] > 0:
+            step = int(wildcards.step)
+            inputs["memory"] = (MEMORY0 if step == 1 else MEMORY_STEP).format(
+                **dict(wc, step=step - 1, cache=cache))
+        return inputs
+    return {}
+
+
+def method_options(wildcards, input):
+    """--pseudo / --coseg / --memory options of train_step for the inputs of method_inputs."""
+    return " ".join(f"--{key} {shlex.quote(str(input[key]))}" for key in ("pseudo", "coseg", "memory") if key in input.keys())
 
 
 rule train_step:
@@ -20,6 +43,7 @@ rule train_step:
         split=SPLIT,
         previous=previous_model,
         data=DATA_INDEX,
+        unpack(method_inputs),
     output:
         model=RUN + "/model.pt",
         history=RUN + "/history.csv",
@@ -28,6 +52,7 @@ rule train_step:
         method="|".join(INCREMENTAL_METHODS),
     params:
         cfg=step_params,
+        caches=method_options,
         outdir=lambda wc, output: os.path.dirname(output.model),
         device=config["device"],
         workers=config["workers"],
@@ -42,6 +67,6 @@ rule train_step:
         ENV
     shell:
         "{PYTHON} -m pipeline train-step --method {wildcards.method} --split {input.split:q}"
-        " --previous {input.previous:q} --data {input.data:q} --params {params.cfg:q} --outdir {params.outdir:q}"
+        " --previous {input.previous:q} --data {input.data:q} --params {params.cfg:q} --outdir {params.outdir:q} {params.caches}"
         " --seed {wildcards.seed} --device {params.device} --workers {params.workers} --threads {threads}"
         " > {log} 2>&1"

@@ -64,9 +64,26 @@ class TrainTransform:
         self.normalise = v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
 
     def __call__(self, sample: dict) -> dict:
-        image, mask = self.scale(*to_tensors(sample, self.lut))
-        image, mask = self.geometric(image, mask)
-        return {"id": sample["id"], "image": self.normalise(image).as_subclass(Tensor), "mask": mask.as_subclass(Tensor)}
+        """Transform ``{"id", "image", "mask"}``; an optional ``"extra"`` (K, H, W) uint8 stack of
+        maps aligned with the mask (pseudo-masks, pasted-instance map) takes the same geometric
+        transform (nearest) and comes back as ``"extra"`` (K, h, w) int64, 0 in the crop padding."""
+        image, mask = to_tensors(sample, self.lut)
+        extra = sample.get("extra")
+        if extra is not None:
+            extra = torch.from_numpy(np.ascontiguousarray(extra)).long()
+            if extra.ndim != 3 or extra.shape[1:] != mask.shape:
+                raise ValueError(f"id {sample['id']!r}: extra maps {tuple(extra.shape)} do not match "
+                                 f"the mask {tuple(mask.shape)}; expected (K, H, W)")
+            mask = tv_tensors.Mask(torch.cat([mask[None], extra]))
+        image, mask = self.geometric(*self.scale(image, mask))
+        out = {"id": sample["id"], "image": self.normalise(image).as_subclass(Tensor)}
+        if extra is None:
+            out["mask"] = mask.as_subclass(Tensor)
+            return out
+        mask = mask.as_subclass(Tensor)
+        out["mask"] = mask[0]
+        out["extra"] = mask[1:].masked_fill(mask[1:] == VOID, 0)  # crop padding (filled with void) → 0
+        return out
 
 
 class EvalTransform:

@@ -196,7 +196,10 @@ def read_history(path: str | Path) -> dict[str, np.ndarray]:
 def method_sort_key(method: str) -> tuple[int, str]:
     """Row order: :data:`METHOD_ORDER` first, then the other methods alphabetically."""
     m = method.lower()
-    return (METHOD_ORDER.index(m), "") if m in METHOD_ORDER else (len(METHOD_ORDER), m)
+    if m in METHOD_ORDER:
+        return (METHOD_ORDER.index(m), "")
+    base = m.split("_", 1)[0]  # a variant named <method>_<what> follows its method
+    return (METHOD_ORDER.index(base), m) if base in METHOD_ORDER else (len(METHOD_ORDER), m)
 
 
 def protocol_sort_key(protocol: str) -> tuple[int, str]:

@@ -13,6 +13,8 @@ from torch import nn
 from pipeline.methods.base import PixelSupervised
 from pipeline.methods.context import StepContext
 from pipeline.methods.mib import MiB
+from pipeline.methods.pseudo import PseudoLabelDistillation
+from pipeline.methods.variants import resolve_method
 from pipeline.methods.wilson import Wilson
 
 
@@ -30,6 +32,10 @@ OBJECTIVES: dict[str, Callable] = {
         cfg["focal_lambda"], cfg["focal_gamma"], cfg["ngwp_eps"], cfg.get("relaxed", False),
         cfg["restrict_to_labels"], cfg["head_lr_mult"]),
 }
+# The offline WSSS baselines differ only in the CAM network that made their pseudo-labels.
+for _cam in ("cam", "vwe", "iscam"):
+    OBJECTIVES[_cam] = (lambda name: lambda cfg, context, model: PseudoLabelDistillation(
+        name, context, cfg["head_lr_mult"]))(_cam)
 
 
 def build_objective(name: str, cfg: dict, context: StepContext | None = None, model: nn.Module | None = None):
@@ -45,4 +51,4 @@ def build_objective(name: str, cfg: dict, context: StepContext | None = None, mo
     return OBJECTIVES[name](cfg, context, model)
 
 
-__all__ = ["OBJECTIVES", "StepContext", "build_objective"]
+__all__ = ["OBJECTIVES", "StepContext", "build_objective", "resolve_method"]
