@@ -66,6 +66,33 @@ REPORT_DIR = "results/report"
 INCREMENTAL_METHODS = sorted(config["methods"])
 
 
+def check_methods():
+    """Every method of the matrix has settings; a variant's merged settings pass its base
+    method's schema (so a typo in an override is named, not ignored)."""
+    import jsonschema
+    import yaml
+
+    with open(os.path.join(workflow.basedir, "schemas", "config.schema.yaml")) as f:
+        schema = yaml.safe_load(f)
+    known = schema["properties"]["methods"]["properties"]
+    for name in EXP["methods"]:
+        if name not in config["methods"]:
+            raise ValueError(f"experiments.methods lists {name!r}, which has no section under `methods:` "
+                             f"(methods: {', '.join(sorted(config['methods']))})")
+    for name in config["methods"]:
+        base, settings = resolve_method(config["methods"], name)
+        if base not in known:
+            raise ValueError(f"methods.{name}.method = {base!r}: expected one of {', '.join(sorted(known))}")
+        try:
+            jsonschema.validate(settings, known[base])
+        except jsonschema.ValidationError as error:
+            where = ".".join(str(p) for p in error.absolute_path)
+            raise ValueError(f"methods.{name} (a variant of {base}){': ' + where if where else ''}: {error.message}") from None
+
+
+check_methods()
+
+
 def method_settings(name):
     """The complete settings of a method or variant (methods.<name>, merged onto its base's), with
     ``method`` = the base method; fmwiss also gets its full ``coseg`` section."""

@@ -7,8 +7,15 @@ import math
 import numpy as np
 import pytest
 
-from pipeline.eval.contour import (ContourFScore, boundary_counts, class_boundary_counts,
-                                   contour_f_score, f_from_counts, seg2bmap, tolerance_pixels)
+from pipeline.eval.contour import (
+    ContourFScore,
+    boundary_counts,
+    class_boundary_counts,
+    contour_f_score,
+    f_from_counts,
+    seg2bmap,
+    tolerance_pixels,
+)
 from pipeline.eval.quality import MaskQuality
 
 

@@ -49,7 +49,7 @@ Conventions (documented choices where the papers are silent):
 from __future__ import annotations
 
 import math
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 from scipy import ndimage
@@ -291,5 +291,15 @@ def contour_f_score(pred: np.ndarray, gt: np.ndarray, tolerance: int | float | N
     return float(f_from_counts(boundary_counts(pred, gt, tol))[2])
 
 
-__all__ = ["COUNT_FIELDS", "ContourFScore", "DEFAULT_TOLERANCE", "VOID_MODES", "boundary_counts",
-           "class_boundary_counts", "contour_f_score", "f_from_counts", "seg2bmap", "tolerance_pixels"]
+__all__ = [
+    "COUNT_FIELDS",
+    "DEFAULT_TOLERANCE",
+    "VOID_MODES",
+    "ContourFScore",
+    "boundary_counts",
+    "class_boundary_counts",
+    "contour_f_score",
+    "f_from_counts",
+    "seg2bmap",
+    "tolerance_pixels",
+]

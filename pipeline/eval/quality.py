@@ -24,7 +24,7 @@ Class handling (choices where the papers are silent):
 
 from __future__ import annotations
 
-from typing import Iterable, Mapping
+from collections.abc import Iterable, Mapping
 
 import numpy as np
 

@@ -228,7 +228,8 @@ def dense_contrastive_loss(embeddings: Tensor, classes: Tensor, tau: float = 0.1
     if tau <= 0:
         raise ValueError(f"tau={tau}: must be > 0")
     z = embeddings.float()
-    sim = z @ z.t() / tau                                                   # (N, N): i·q / τ
+    with torch.autocast(z.device.type, enabled=False):                      # float32 even under AMP
+        sim = z @ z.t() / tau                                               # (N, N): i·q / τ
     same = classes[:, None] == classes[None, :]
     positive = same & ~torch.eye(len(classes), dtype=torch.bool, device=z.device)
     negative = ~same

@@ -12,6 +12,7 @@ from torch import nn
 
 from pipeline.methods.base import PixelSupervised
 from pipeline.methods.context import StepContext
+from pipeline.methods.fmwiss import FMWISS, segmenter_atrous_rates
 from pipeline.methods.mib import MiB
 from pipeline.methods.pseudo import PseudoLabelDistillation
 from pipeline.methods.variants import resolve_method
@@ -31,6 +32,11 @@ OBJECTIVES: dict[str, Callable] = {
         context, model.backbone.feature_info.channels()[-1], cfg["warmup_epochs"], cfg["alpha"],
         cfg["focal_lambda"], cfg["focal_gamma"], cfg["ngwp_eps"], cfg.get("relaxed", False),
         cfg["restrict_to_labels"], cfg["head_lr_mult"]),
+    "fmwiss": lambda cfg, context, model: FMWISS(
+        context, model.backbone.feature_info.channels()[-1], cfg["warmup_epochs"], cfg["lambda_dcl"], cfg["tau"],
+        cfg["points_per_class"], cfg["alpha"], cfg["beta"], cfg["head_lr_mult"],
+        restrict_to_labels=cfg["restrict_to_labels"], pasted_one_hot=cfg["pasted_one_hot"],
+        atrous_rates=segmenter_atrous_rates(model)),
 }
 # The offline WSSS baselines differ only in the CAM network that made their pseudo-labels.
 for _cam in ("cam", "vwe", "iscam"):

@@ -1,0 +1,604 @@
+"""Stage ``memory-bank``: FMWISS's memory bank of old-class instances and its copy-paste augmentation.
+
+Source: Yu et al., "Foundation Model Drives Weakly Incremental Learning for Semantic Segmentation"
+(FMWISS, CVPR 2023; ``shared/papers/004``), Sec. 3.4 and Fig. 4: "we first construct a memory
+bank for each old class, and each class archive will store B foreground instances and
+segmentation labels during the base model training. Then, in step t, we randomly pick one pair
+of foreground images and labels from a randomly selected old class archive, and randomly paste
+them to the new class image." The pasted pixels get target 1 for their class in the old-class
+BCE loss (Eq. 8-9); Sec. 4.5.4 fixes the augmentation probability to 0.5 and B = 50.
+
+What the paper leaves open, and the choices made here:
+
+* **Instances.** VOC class maps have no instance ids, so an *instance* is a connected component
+  (8-connectivity, ``scipy.ndimage.label``) of one class's mask; touching objects of one class
+  are normally split by VOC's void band, else they form one instance. The component is cropped
+  to its bounding box: the image crop keeps every pixel of the box, the mask crop marks the
+  component's pixels (void and other classes excluded). Components smaller than ``min_area``
+  pixels are dropped (fragments cut off by occluders).
+* **Sampling B per class.** Up to B instances per class, uniformly at random without
+  replacement among all candidate instances of the class in the step's training images
+  (reservoir sampling, Vitter's Algorithm R, with one ``numpy.random.Generator(seed)``: a single
+  pass over the images, deterministic for a seed and an image order). A class with fewer than B
+  candidates keeps them all.
+* **Later steps.** The paper runs two steps only (base + one incremental step), so its bank holds
+  the base classes. For tasks with more steps, :func:`extend_memory_bank` copies the bank of step
+  t and adds B instances of each class learned at step t, cut from that step's pseudo-masks (the
+  only masks a weakly supervised step has: the fused co-segmentation masks ``M_refine`` of Eq. 5,
+  overlaps resolved by the CLIP score); step t+1 pastes from it. The ``memory-bank`` stage builds
+  the step-0 bank from the ground truth of the step-0 training images (``--split step0.json``),
+  and the bank of step t >= 1 with ``--previous`` (bank of step t-1) and ``--coseg`` (the step's
+  cache, read with ``--coseg-params``).
+* **Pasting** (:func:`copy_paste`): one instance per augmented image (as written in the paper),
+  at its stored scale by default (bank and training images come from the same dataset, and the
+  training transform rescales the composed image afterwards), shrunk if needed so that it fits,
+  at a uniformly random position with the whole instance inside the image.
+
+Cache layout (:mod:`pipeline.cache`): one group per instance, ``c{class:02d}_{k:03d}`` (k = 0..n-1
+within the class archive), datasets ``image`` (h, w, 3) uint8 and ``mask`` (h, w) uint8 (0/1),
+attributes ``class``, ``source`` (image id), ``area`` (pixels) and ``bbox`` (y0, x0, y1, x1 in
+the source image, end exclusive); root attributes ``classes`` and ``counts`` (int64 arrays,
+instances per class) and ``candidates`` (candidate instances per class).
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+from scipy import ndimage
+
+from pipeline.cache import CacheError, CacheWriter, open_cache
+from pipeline.data.classes import BACKGROUND, VOC_CLASSES, VOID
+
+log = logging.getLogger(__name__)
+
+#: Defaults of the ``--params`` of the stage (FMWISS Sec. 4.5.4: B = 50).
+DEFAULT_PARAMS = {"per_class": 50, "min_area": 64, "seed": 0}
+#: 8-connectivity: thin diagonal parts (legs, spokes) stay with their object.
+CONNECTIVITY = np.ones((3, 3), dtype=bool)
+
+Instance = tuple[int, np.ndarray, np.ndarray]
+
+
+def instance_key(c: int, k: int) -> str:
+    """Group name of instance ``k`` of class ``c`` in the cache: ``c03_007``."""
+    return f"c{c:02d}_{k:03d}"
+
+
+def _check_classes(classes: Iterable[int]) -> list[int]:
+    out = sorted({int(c) for c in classes})
+    bad = [c for c in out if not 0 < c < VOID]
+    if bad:
+        raise ValueError(f"memory bank classes must be object classes 1..{VOID - 1}, got {bad[0]}")
+    return out
+
+
+def _instances(label: np.ndarray, classes: Sequence[int], min_area: int
+               ) -> Iterator[tuple[int, tuple[slice, slice], np.ndarray, int]]:
+    """(class, bbox slices, component mask in the box, area) of each kept component."""
+    counts = np.bincount(label.ravel(), minlength=256)
+    for c in classes:
+        if counts[c] < max(min_area, 1):
+            continue
+        components, n = ndimage.label(label == c, structure=CONNECTIVITY)
+        areas = np.bincount(components.ravel(), minlength=n + 1)
+        for index, box in enumerate(ndimage.find_objects(components), start=1):
+            if box is not None and areas[index] >= min_area:
+                yield c, box, components[box] == index, int(areas[index])
+
+
+def extract_instances(image: np.ndarray, label: np.ndarray, classes: Iterable[int],
+                      min_area: int = 0) -> list[Instance]:
+    """Foreground instances of an image: connected components of each class mask, box-cropped.
+
+    Args:
+        image: (H, W, 3) uint8 RGB image.
+        label: (H, W) uint8 class map (0 background, 255 void).
+        classes: object classes to extract (other values of ``label`` are ignored).
+        min_area: components with fewer pixels are dropped.
+    Returns:
+        ``[(class, image_crop (h, w, 3) uint8, mask_crop (h, w) bool)]``, sorted by class, then in
+        the raster order of each component's first pixel; crops are copies. ``mask_crop`` marks
+        the component's pixels inside its bounding box.
+    Raises:
+        ValueError: bad shapes or dtypes, a class outside 1..254, or a negative ``min_area``.
+    """
+    image, label = np.asarray(image), np.asarray(label)
+    _check_pair(image, label)
+    if min_area < 0:
+        raise ValueError(f"min_area must be >= 0, got {min_area}")
+    return [(c, image[box].copy(), mask) for c, box, mask, _ in _instances(label, _check_classes(classes), min_area)]
+
+
+def _check_pair(image: np.ndarray, label: np.ndarray, where: str = "") -> None:
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise ValueError(f"{where}image must be (H, W, 3) uint8, got {image.shape} {image.dtype}")
+    if label.shape != image.shape[:2] or label.dtype != np.uint8:
+        raise ValueError(f"{where}label must be (H, W) uint8 matching the image {image.shape[:2]}, "
+                         f"got {label.shape} {label.dtype}")
+
+
+class _Reservoir:
+    """Uniform sample of up to ``size`` items from a stream (Vitter's Algorithm R)."""
+
+    def __init__(self, size: int) -> None:
+        self.size, self.seen, self.items = size, 0, []
+
+    def offer(self, item: Any, rng: np.random.Generator) -> None:
+        if len(self.items) < self.size:
+            self.items.append(item)
+        else:
+            j = int(rng.integers(0, self.seen + 1))
+            if j < self.size:
+                self.items[j] = item
+        self.seen += 1
+
+
+def sample_instances(sources: Iterable[tuple[str, np.ndarray, np.ndarray]], classes: Iterable[int],
+                     per_class: int = 50, seed: int = 0, min_area: int = 0
+                     ) -> tuple[dict[int, list[dict]], dict[int, int]]:
+    """Up to ``per_class`` instances per class, uniformly at random among all candidates.
+
+    Args:
+        sources: ``(image_id, image (H, W, 3) uint8, label (H, W) uint8)`` triples, read once.
+        classes: object classes to sample.
+        per_class: B, the archive size per class (FMWISS Sec. 3.4; 50 in Sec. 4.5.4).
+        seed: seed of the ``numpy.random.Generator`` (deterministic for a seed and source order).
+        min_area: components with fewer pixels are not candidates.
+    Returns:
+        ``(archives, candidates)``: ``{class: [{"image", "mask" (bool), "source", "area",
+        "bbox"}]}`` in source order, and ``{class: number of candidate instances}``.
+    Raises:
+        ValueError: ``per_class < 0``, ``min_area < 0``, a bad class or a bad image/label pair
+            (names the id).
+    """
+    classes = _check_classes(classes)
+    if per_class < 0 or min_area < 0:
+        raise ValueError(f"per_class and min_area must be >= 0, got {per_class} and {min_area}")
+    rng = np.random.default_rng(seed)
+    reservoirs = {c: _Reservoir(per_class) for c in classes}
+    position = 0
+    for image_id, image, label in sources:
+        image, label = np.asarray(image), np.asarray(label)
+        _check_pair(image, label, f"image {image_id!r}: ")
+        for c, box, mask, area in _instances(label, classes, min_area):
+            bbox = [box[0].start, box[1].start, box[0].stop, box[1].stop]
+            reservoirs[c].offer((position, {"image": image[box].copy(), "mask": mask, "source": image_id,
+                                            "area": area, "bbox": bbox}), rng)
+            position += 1
+    archives = {c: [item for _, item in sorted(r.items, key=lambda pair: pair[0])] for c, r in reservoirs.items()}
+    return archives, {c: r.seen for c, r in reservoirs.items()}
+
+
+def _put_archives(writer: CacheWriter, archives: Mapping[int, list[dict]]) -> None:
+    for c, items in archives.items():
+        for k, item in enumerate(items):
+            key = instance_key(c, k)
+            if key in writer.done:  # resumed run: same seed and sources give the same instances
+                continue
+            writer.put(key, {"image": item["image"], "mask": item["mask"].astype(np.uint8)},
+                       {"class": int(c), "source": str(item["source"]), "area": int(item["area"]),
+                        "bbox": np.asarray(item["bbox"], dtype=np.int64)})
+
+
+def _log_counts(counts: Mapping[int, int], candidates: Mapping[int, int]) -> None:
+    for c in sorted(counts):
+        name = VOC_CLASSES[c] if c < len(VOC_CLASSES) else str(c)
+        level = logging.WARNING if counts[c] == 0 else logging.INFO
+        log.log(level, "class %d (%s): %d instances kept of %d candidates", c, name, counts[c],
+                candidates.get(c, counts[c]))
+
+
+def _finish(writer: CacheWriter, counts: Mapping[int, int], candidates: Mapping[int, int]) -> Path:
+    classes = sorted(counts)
+    return writer.finish({"classes": np.asarray(classes, dtype=np.int64),
+                          "counts": np.asarray([counts[c] for c in classes], dtype=np.int64),
+                          "candidates": np.asarray([candidates[c] for c in classes], dtype=np.int64)})
+
+
+def build_memory_bank(out_path: str | os.PathLike, sources: Iterable[tuple[str, np.ndarray, np.ndarray]],
+                      classes: Iterable[int], per_class: int = 50, seed: int = 0, min_area: int = 0,
+                      provenance: Mapping | None = None) -> dict[int, int]:
+    """Sample B instances per class (:func:`sample_instances`) and write the bank (FMWISS Sec. 3.4).
+
+    Args:
+        out_path: the ``.h5`` to write (atomically, through :class:`pipeline.cache.CacheWriter`).
+        sources, classes, per_class, seed, min_area: see :func:`sample_instances`.
+        provenance: what produced the bank (recorded with ``per_class``, ``min_area``, ``seed``
+            and ``classes``, which are added to it).
+    Returns:
+        ``{class: instances stored}`` (also the root attributes ``classes``/``counts``).
+    Raises:
+        ValueError: see :func:`sample_instances`.
+    """
+    classes = _check_classes(classes)
+    archives, candidates = sample_instances(sources, classes, per_class, seed, min_area)
+    counts = {c: len(items) for c, items in archives.items()}
+    prov = {"kind": "memory_bank", **(provenance or {}), "per_class": per_class, "min_area": min_area,
+            "seed": seed, "classes": classes}
+    with CacheWriter(out_path, prov) as writer:
+        _put_archives(writer, archives)
+        _finish(writer, counts, candidates)
+    _log_counts(counts, candidates)
+    return counts
+
+
+def extend_memory_bank(previous_path: str | os.PathLike, out_path: str | os.PathLike,
+                       new_sources: Iterable[tuple[str, np.ndarray, np.ndarray]], classes: Iterable[int],
+                       per_class: int = 50, seed: int = 0, min_area: int = 0,
+                       provenance: Mapping | None = None) -> dict[int, int]:
+    """The bank of the previous step plus B instances of each class learned at that step.
+
+    FMWISS stops after one incremental step; for longer tasks the bank used at step t+1 is the
+    bank of step t plus instances of step t's new classes, cut from the masks that step had:
+    its pseudo-masks (``new_sources`` labels; values outside ``classes`` are ignored).
+
+    Args:
+        previous_path: the bank of the previous step.
+        out_path: the extended bank to write (atomically).
+        new_sources: ``(image_id, image, pseudo_mask)`` triples of the step's training images.
+        classes: the classes to add (must not be in the previous bank).
+        per_class, seed, min_area: as in :func:`sample_instances`.
+        provenance: recorded together with the previous bank's path and provenance.
+    Returns:
+        ``{class: instances}`` of every class of the extended bank.
+    Raises:
+        CacheError: the previous bank is missing or unreadable.
+        ValueError: a class already in the previous bank (names it), or see :func:`sample_instances`.
+    """
+    classes = _check_classes(classes)
+    with MemoryBank(previous_path) as previous:
+        clash = sorted(set(classes) & set(previous.classes(all_classes=True)))
+        if clash:
+            raise ValueError(f"{previous_path}: class {clash[0]} is already in the memory bank; "
+                             f"extend it with the classes of the next step only")
+        archives, candidates = sample_instances(new_sources, classes, per_class, seed, min_area)
+        counts = {**previous.counts(), **{c: len(items) for c, items in archives.items()}}
+        candidates = {**previous.candidates(), **candidates}
+        prov = {"kind": "memory_bank", **(provenance or {}), "per_class": per_class, "min_area": min_area,
+                "seed": seed, "classes": sorted(counts), "previous": str(previous_path),
+                "previous_provenance": previous.provenance}
+        with CacheWriter(out_path, prov) as writer:
+            reader = previous.reader
+            for key in reader.ids():
+                if key not in writer.done:
+                    writer.put(key, reader.get(key), reader.attrs(key))
+            _put_archives(writer, archives)
+            _finish(writer, counts, candidates)
+    _log_counts(counts, candidates)
+    return counts
+
+
+class MemoryBank:
+    """Read access to a memory bank written by :func:`build_memory_bank` (FMWISS Sec. 3.4).
+
+    Instances are read on demand; the HDF5 file is (re)opened lazily in each process, so a bank
+    can be handed to DataLoader workers.
+
+    Args:
+        path: the bank ``.h5``.
+        expected: provenance keys/values it must have (see :func:`pipeline.cache.open_cache`).
+    Raises:
+        CacheError: missing, unreadable or stale file, or root attributes that do not match the
+            stored instances (names the missing group).
+    """
+
+    def __init__(self, path: str | os.PathLike, expected: Mapping | None = None) -> None:
+        self.path = Path(path)
+        self.expected = expected
+        self._reader = None
+        self._pid = None
+        reader = self.reader
+        attrs = reader.root_attrs()
+        if "classes" not in attrs or "counts" not in attrs:
+            raise CacheError(f"{self.path}: no root attributes 'classes'/'counts'; not a memory bank")
+        self.provenance = reader.provenance
+        self._counts = {int(c): int(n) for c, n in zip(attrs["classes"], attrs["counts"])}
+        self._candidates = {int(c): int(n) for c, n in zip(attrs["classes"],
+                                                           attrs.get("candidates", attrs["counts"]))}
+        keys = set(reader.ids())
+        for c, n in self._counts.items():
+            for k in range(n):
+                if instance_key(c, k) not in keys:
+                    raise CacheError(f"{self.path}: instance {instance_key(c, k)!r} of class {c} is missing "
+                                     f"(the root attributes list {n})")
+
+    @property
+    def reader(self):
+        """The cache reader of this process (reopened after a fork)."""
+        if self._reader is None or self._pid != os.getpid():
+            self._reader = open_cache(self.path, self.expected)
+            self._pid = os.getpid()
+        return self._reader
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["_reader"] = state["_pid"] = None
+        return state
+
+    def close(self) -> None:
+        if self._reader is not None and self._pid == os.getpid():
+            self._reader.close()
+        self._reader = None
+
+    def __enter__(self) -> MemoryBank:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def classes(self, all_classes: bool = False) -> list[int]:
+        """Classes with at least one instance (``all_classes``: also those with none), sorted."""
+        return sorted(c for c, n in self._counts.items() if all_classes or n > 0)
+
+    def count(self, c: int) -> int:
+        """Number of instances of class ``c`` (0 for a class not in the bank)."""
+        return self._counts.get(int(c), 0)
+
+    def counts(self) -> dict[int, int]:
+        """``{class: instances}`` of every class of the bank."""
+        return dict(self._counts)
+
+    def candidates(self) -> dict[int, int]:
+        """``{class: candidate instances}`` the bank was sampled from."""
+        return dict(self._candidates)
+
+    def __len__(self) -> int:
+        return sum(self._counts.values())
+
+    def get(self, c: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Instance ``k`` of class ``c``: ``(image (h, w, 3) uint8, mask (h, w) bool)``.
+
+        Raises:
+            KeyError: ``k`` outside ``0..count(c)-1`` (names class, index and count).
+        """
+        if not 0 <= k < self.count(c):
+            raise KeyError(f"{self.path}: class {c} has {self.count(c)} instances, no instance {k}")
+        arrays = self.reader.get(instance_key(c, k))
+        return arrays["image"], arrays["mask"].astype(bool)
+
+    def sample(self, rng: np.random.Generator, classes: Iterable[int] | None = None
+               ) -> tuple[int, np.ndarray, np.ndarray]:
+        """A random class archive, then a random instance of it (FMWISS Sec. 3.4).
+
+        Args:
+            rng: the generator to draw from (two draws: class, then instance).
+            classes: restrict the choice to these classes (e.g. the old classes of a step);
+                classes without instances are skipped.
+        Returns:
+            ``(class, image (h, w, 3) uint8, mask (h, w) bool)``.
+        Raises:
+            ValueError: no instance of any allowed class (names the classes).
+        """
+        pool = self.classes() if classes is None else sorted(c for c in {int(c) for c in classes} if self.count(c))
+        if not pool:
+            raise ValueError(f"{self.path}: no instance of classes {None if classes is None else sorted(classes)} "
+                             f"in the memory bank (it holds {self.counts()})")
+        c = pool[int(rng.integers(len(pool)))]
+        k = int(rng.integers(self.count(c)))
+        return (c, *self.get(c, k))
+
+
+def _resize_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Resize a bool mask to ``size`` (h, w): pixels at least half covered (bilinear/antialiased
+    coverage, PIL); if that leaves none (a thin instance shrunk), the most covered pixels."""
+    coverage = np.asarray(Image.fromarray(mask.astype(np.float32)).resize(size[::-1], Image.BILINEAR))
+    out = coverage >= 0.5
+    return out if out.any() else coverage >= coverage.max()
+
+
+def copy_paste(image: np.ndarray, mask: np.ndarray, bank: MemoryBank, rng: np.random.Generator,
+               prob: float = 0.5, scale_range: tuple[float, float] = (1.0, 1.0),
+               classes: Iterable[int] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Memory-based copy-paste augmentation (FMWISS Sec. 3.4, Fig. 4; the targets of Eq. 9).
+
+    With probability ``prob`` (0.5 in FMWISS Sec. 4.5.4), one instance drawn by
+    :meth:`MemoryBank.sample` is scaled by ``s ~ U(scale_range)`` (shrunk further if it would not
+    fit; bilinear image, mask = pixels at least half covered, never empty), and pasted at a
+    uniformly random position with the whole instance inside the image.
+
+    Args:
+        image: (H, W, 3) uint8 training image (of new classes).
+        mask: (H, W) uint8 its label map (whatever the step uses: 255 where unknown).
+        bank: the memory bank of old classes.
+        rng: the generator (one draw decides whether to paste; more only if it does).
+        prob: probability in ``[0, 1]`` of pasting.
+        scale_range: ``(low, high)``, ``0 < low <= high``; (1, 1) keeps the stored scale.
+        classes: restrict to these classes (default every class of the bank).
+    Returns:
+        ``(image, mask, pasted)``: new arrays (the inputs are not modified): the image with the
+        instance's pixels copied where its mask is true, the mask set to the instance's class
+        there, and ``pasted`` (H, W) uint8 = that class on pasted pixels, 0 elsewhere (where
+        Eq. 9 sets the old-class target of the pasted class to 1).
+    Raises:
+        ValueError: bad shapes/dtypes, ``prob`` outside ``[0, 1]``, a bad ``scale_range``, or
+            no instance to paste (see :meth:`MemoryBank.sample`).
+    """
+    image, mask = np.asarray(image), np.asarray(mask)
+    _check_pair(image, mask)
+    if not 0.0 <= prob <= 1.0:
+        raise ValueError(f"copy-paste prob must be in [0, 1], got {prob}")
+    low, high = (float(v) for v in scale_range)
+    if not 0 < low <= high:
+        raise ValueError(f"copy-paste scale_range must satisfy 0 < low <= high, got {scale_range}")
+    image, mask = image.copy(), mask.copy()
+    pasted = np.zeros(mask.shape, dtype=np.uint8)
+    if rng.random() >= prob:
+        return image, mask, pasted
+    c, crop, crop_mask = bank.sample(rng, classes)
+    height, width = mask.shape
+    h, w = crop_mask.shape
+    scale = low if low == high else float(rng.uniform(low, high))
+    scale = min(scale, height / h, width / w)
+    size = (min(height, max(1, round(h * scale))), min(width, max(1, round(w * scale))))
+    if size != (h, w):
+        crop = np.asarray(Image.fromarray(crop).resize(size[::-1], Image.BILINEAR))
+        crop_mask = _resize_mask(crop_mask, size)
+        h, w = size
+    top = int(rng.integers(height - h + 1))
+    left = int(rng.integers(width - w + 1))
+    region = np.s_[top: top + h, left: left + w]
+    image[region][crop_mask] = crop[crop_mask]
+    mask[region][crop_mask] = c
+    pasted[region][crop_mask] = c
+    return image, mask, pasted
+
+
+# ----------------------------------------------------------------------------- stage
+
+
+def ids_digest(ids: Sequence[str]) -> str:
+    """SHA-256 (hex) of the ids joined by newlines: records which images a bank was built from."""
+    return hashlib.sha256("\n".join(ids).encode("utf-8")).hexdigest()
+
+
+def stage_params(params: Mapping) -> dict:
+    """``--params`` merged over :data:`DEFAULT_PARAMS`; unknown keys or bad values raise ValueError."""
+    unknown = sorted(set(params) - set(DEFAULT_PARAMS))
+    if unknown:
+        raise ValueError(f"memory-bank --params: unknown key {unknown[0]!r}; expected {sorted(DEFAULT_PARAMS)}")
+    merged = {**DEFAULT_PARAMS, **params}
+    for key, value in merged.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"memory-bank --params: {key} must be an integer >= 0, got {value!r}")
+    return merged
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``python -m pipeline memory-bank``."""
+    parser.add_argument("--split", required=True,
+                        help="step{t}.json written by the splits stage (step 0, or t >= 1 with --previous)")
+    parser.add_argument("--data", required=True, help="dataset index JSON written by prepare-data")
+    parser.add_argument("--params", default="{}",
+                        help='JSON {"per_class": B, "min_area": pixels, "seed": int} (defaults '
+                             f'{json.dumps(DEFAULT_PARAMS)})')
+    parser.add_argument("--out", required=True, help="memory_bank .h5 to write")
+    parser.add_argument("--previous", help="step t >= 1: the bank of step t-1, to extend with the classes of step t")
+    parser.add_argument("--coseg", help="step t >= 1: the step's co-segmentation cache (.h5), whose fused "
+                                        "masks give the new-class instances")
+    parser.add_argument("--coseg-params", default="{}",
+                        help="step t >= 1: JSON coseg config section the cache is read with")
+    parser.add_argument("--threads", type=int, default=0, help="image-loading threads (0: load in this thread)")
+    parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+
+
+def _ordered_map(fn, n: int, threads: int) -> Iterator:
+    """``fn(0), ..., fn(n-1)`` in order; ``threads > 0``: computed ahead in a thread pool
+    (a bounded window, so a big split is never held in memory at once)."""
+    if threads <= 0:
+        yield from map(fn, range(n))
+        return
+    with concurrent.futures.ThreadPoolExecutor(threads) as pool:
+        window = 4 * threads
+        futures = {i: pool.submit(fn, i) for i in range(min(window, n))}
+        for i in range(n):
+            if i + window < n:
+                futures[i + window] = pool.submit(fn, i + window)
+            yield futures.pop(i).result()
+
+
+def _ground_truth_sources(data: str, ids: list[str], threads: int) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
+    """``(id, image, ground-truth mask)`` of each id (step 0: pixel labels are available)."""
+    from pipeline.train.common import step_dataset
+
+    dataset = step_dataset(data, ids, transform=None)
+
+    def item(i: int) -> tuple[str, np.ndarray, np.ndarray]:
+        sample = dataset[i]
+        return sample["id"], sample["image"], sample["mask"]
+
+    return _ordered_map(item, len(ids), threads)
+
+
+def _coseg_sources(data: str, ids: list[str], reader, cfg: Mapping, threads: int
+                   ) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
+    """``(id, image, fused co-segmentation label map)`` of each id (step t >= 1: no pixel labels;
+    FMWISS Eq. 5 masks, overlaps resolved by the CLIP score, :func:`coseg_label_maps`)."""
+    from pipeline.data.voc import IMAGE_DIR, load_image
+    from pipeline.foundation.coseg import coseg_label_maps
+    from pipeline.io import read_json
+
+    root = Path(read_json(data)["root"])
+    missing = [i for i in ids if i not in reader]
+    if missing:
+        raise CacheError(f"{reader.path}: no co-segmentation for {len(missing)} images of the split, "
+                         f"e.g. {missing[0]!r}")
+    images = _ordered_map(lambda i: load_image(root / IMAGE_DIR / f"{ids[i]}.jpg", ids[i]), len(ids), threads)
+    for image_id, image in zip(ids, images):
+        yield image_id, image, coseg_label_maps(reader.get(image_id), cfg, image.shape[:2])["fused"]
+
+
+def run(args: argparse.Namespace) -> None:
+    """Build the bank of a step (module docstring).
+
+    Step 0: B instances per base class from the ground truth of the step-0 training images.
+    Step t >= 1 (``--previous``, ``--coseg``): the bank of step t-1 plus B instances per new class
+    of step t cut from the step's fused co-segmentation masks (:func:`extend_memory_bank`).
+
+    Raises:
+        ValueError: bad ``--params``, a file that is not a split, or options that do not match
+            the split's step (names them).
+        CacheError: a missing or stale previous bank or coseg cache.
+    """
+    from tqdm import tqdm
+
+    from pipeline import __version__
+    from pipeline.io import read_json
+    from pipeline.train.common import parse_params, setup_logging
+
+    setup_logging()
+    params = stage_params(parse_params(args.params))
+    split = read_json(args.split)
+    missing = [key for key in ("step", "ids", "seen_classes", "new_classes") if key not in split]
+    if missing:
+        raise ValueError(f"{args.split}: not a split JSON, key {missing[0]!r} missing")
+    step, ids = int(split["step"]), list(split["ids"])
+    provenance = {"task": split.get("task"), "protocol": split.get("protocol"), "step": step,
+                  "split_ids_sha256": ids_digest(ids), "code_version": __version__}
+    common = dict(per_class=params["per_class"], seed=params["seed"], min_area=params["min_area"])
+    if step == 0:
+        if args.previous or args.coseg:
+            raise ValueError(f"{args.split}: step 0 builds a new bank from pixel labels; "
+                             "--previous/--coseg are for steps t >= 1")
+        classes = [c for c in split["seen_classes"] if c != BACKGROUND]
+        log.info("memory bank of %d classes from the ground truth of %d images of %s: B=%d, min_area=%d, seed=%d",
+                 len(classes), len(ids), args.split, params["per_class"], params["min_area"], params["seed"])
+        sources = tqdm(_ground_truth_sources(args.data, ids, args.threads), total=len(ids), desc="memory bank",
+                       unit="img", disable=not args.progress, mininterval=1.0)
+        counts = build_memory_bank(args.out, sources, classes, provenance={**provenance, "source": "ground_truth"},
+                                   **common)
+    else:
+        if not args.previous or not args.coseg:
+            raise ValueError(f"{args.split}: step {step} has no pixel labels; give --previous (the bank of step "
+                             f"{step - 1}) and --coseg (the step's co-segmentation cache)")
+        from pipeline.foundation.coseg import (
+            READ_TIME_KEYS,
+            expected_provenance,
+            resolve_config,
+        )
+
+        cfg = resolve_config(parse_params(args.coseg_params))
+        classes = [c for c in split["new_classes"] if c != BACKGROUND]
+        log.info("memory bank: %s + %d classes of step %d from %s: B=%d, min_area=%d, seed=%d", args.previous,
+                 len(classes), step, args.coseg, params["per_class"], params["min_area"], params["seed"])
+        with open_cache(args.coseg, expected_provenance(cfg)) as reader:
+            provenance.update({"source": "coseg", "coseg_provenance": reader.provenance,
+                               "coseg_read": {key: cfg[key] for key in READ_TIME_KEYS}})
+            sources = tqdm(_coseg_sources(args.data, ids, reader, cfg, args.threads), total=len(ids),
+                           desc="memory bank", unit="img", disable=not args.progress, mininterval=1.0)
+            counts = extend_memory_bank(args.previous, args.out, sources, classes, provenance=provenance, **common)
+    log.info("wrote %s: %d instances of %d classes", args.out, sum(counts.values()), len(counts))
+
+
+__all__ = ["DEFAULT_PARAMS", "MemoryBank", "build_memory_bank", "copy_paste", "extend_memory_bank",
+           "extract_instances", "ids_digest", "instance_key", "sample_instances"]

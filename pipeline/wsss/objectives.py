@@ -1,0 +1,161 @@
+"""The offline WSSS baselines as objectives of the shared training loop (:mod:`pipeline.train.loop`).
+
+Each objective reads the batch's ``labels`` (B, K) multi-hot over the step's new classes (channel
+k = ``new_classes[k]``) and the network's output dict (:mod:`pipeline.models.cam`); the loop owns
+the device, AMP, optimiser, schedule and checkpoints.
+
+- ``cam``: multi-label soft-margin loss on the GAP logits (EPS' ``train_cls``; VWE Eq. 8 form).
+- ``vwe``: the three soft-margin terms of VWE Eq. 9.
+- ``iscam``: ISCAM Eq. 5 (max-pool and importance-sampled BCE) + the feature similarity loss
+  Eq. 6 with learned σ and μ (whose module the loop trains and checkpoints).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from pipeline.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from pipeline.losses.iscam import (
+    FeatureSimilarity,
+    binary_cross_entropy,
+    classification_loss,
+    importance_sample,
+    max_pool_prediction,
+    sampled_prediction,
+)
+from pipeline.losses.vwe import multilabel_soft_margin_loss, vwe_loss
+
+
+def cam_param_groups(model: nn.Module, lr: float, head_lr_mult: float) -> list[dict]:
+    """SGD groups: backbone at ``lr``, layers trained from scratch at ``lr * head_lr_mult``
+    (10× in IRNet/VWE, PSA/EPS and ISCAM code). Frozen parameters (fixed BN) are left out."""
+    new = [p for p in model.new_parameters() if p.requires_grad]
+    new_ids = {id(p) for p in new}
+    backbone = [p for p in model.parameters() if p.requires_grad and id(p) not in new_ids]
+    return [{"params": backbone, "lr": lr}, {"params": new, "lr": lr * head_lr_mult}]
+
+
+def rgb_at(image: Tensor, size: tuple[int, int]) -> Tensor:
+    """ImageNet-normalised (B, 3, H, W) batch → RGB in [0, 1] averaged over the cells of a
+    ``size`` grid (the CAM map's pixels): (B, 3, h, w) float, no gradient."""
+    mean = torch.tensor(IMAGENET_MEAN, device=image.device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=image.device).view(1, 3, 1, 1)
+    rgb = (image.detach().float() * std + mean).clamp(0.0, 1.0)
+    return F.adaptive_avg_pool2d(rgb, size)
+
+
+class CamObjective:
+    """CAM baseline: L = MultiLabelSoftMargin(logits, labels)."""
+
+    name = "cam"
+
+    def __init__(self, head_lr_mult: float = 10.0):
+        self.head_lr_mult = head_lr_mult
+
+    def modules(self) -> dict[str, nn.Module]:
+        return {}
+
+    def param_groups(self, model: nn.Module, lr: float) -> list[dict]:
+        return cam_param_groups(model, lr, self.head_lr_mult)
+
+    def losses(self, batch: dict, out: dict[str, Tensor], epoch: int) -> dict[str, Tensor]:
+        return {"cls": multilabel_soft_margin_loss(out["logits"], batch["labels"])}
+
+    def learned(self) -> dict:
+        return {}
+
+
+class VweObjective(CamObjective):
+    """VWE (Ru et al. IJCAI 2021, Eq. 9): image, visual-word and word-to-image soft-margin terms."""
+
+    name = "vwe"
+
+    def losses(self, batch: dict, out: dict[str, Tensor], epoch: int) -> dict[str, Tensor]:
+        return vwe_loss(out["logits"], batch["labels"], out["word_logits"], out["word_labels"], out["w2i_logits"])
+
+
+class IsCamObjective(CamObjective):
+    """ISCAM (Jonnarth and Felsberg, ICASSP 2022): L = L_cls (Eq. 5) + w · L_fs (Eq. 6).
+
+    The background channel's label is 1 for every image (authors' code). Following the authors'
+    code, the max-pooling term covers background and classes while the importance-sampled term
+    covers the K classes only (the paper's K "includes background" without saying how it is
+    labelled). The feature similarity loss is computed in float32 (AMP off) on the CAM map's
+    grid against the image's RGB averaged over each cell.
+
+    Args:
+        lam: λ of Eq. 5 (1 in the paper's experiments).
+        num_samples: pixels drawn per class and image (the paper: one; the authors' code: 100).
+        fs_weight: weight of L_fs (the paper: none given; the authors' code: 0.5).
+        sigma, mu: initial σ (CAM-map pixels) and μ (authors' code: 5 and 2.5, kept fixed there).
+        learn_sigma_mu: learn σ and μ (paper Sec. 3.3) or keep them fixed.
+        normalisation: ``pairs`` (Eq. 6) or ``pixels`` (authors' code), see
+            :func:`pipeline.losses.iscam.feature_similarity_loss`.
+        head_lr_mult: learning-rate multiplier of the classifier, σ and μ.
+    """
+
+    name = "iscam"
+
+    def __init__(self, lam: float = 1.0, num_samples: int = 1, fs_weight: float = 0.5, sigma: float = 5.0,
+                 mu: float = 2.5, learn_sigma_mu: bool = True, normalisation: str = "pairs",
+                 head_lr_mult: float = 10.0):
+        super().__init__(head_lr_mult)
+        if not 0.0 <= lam <= 1.0:
+            raise ValueError(f"wsss.iscam.lambda_is={lam}: must lie in [0, 1]")
+        self.lam, self.num_samples, self.fs_weight = lam, num_samples, fs_weight
+        self.similarity = FeatureSimilarity(sigma, mu, learn_sigma_mu, normalisation)
+
+    def modules(self) -> dict[str, nn.Module]:
+        return {"feature_similarity": self.similarity}
+
+    def param_groups(self, model: nn.Module, lr: float) -> list[dict]:
+        groups = cam_param_groups(model, lr, self.head_lr_mult)
+        learned = [p for p in self.similarity.parameters() if p.requires_grad]
+        if learned:  # no weight decay: it would pull log σ and μ towards 0
+            groups.append({"params": learned, "lr": lr * self.head_lr_mult, "weight_decay": 0.0})
+        return groups
+
+    def losses(self, batch: dict, out: dict[str, Tensor], epoch: int) -> dict[str, Tensor]:
+        probs = out["probs"].float()
+        labels = batch["labels"].float()
+        target = torch.cat([labels.new_ones((labels.shape[0], 1)), labels], dim=1)
+        max_loss = binary_cross_entropy(max_pool_prediction(probs), target)
+        sampled = sampled_prediction(probs, importance_sample(probs, self.num_samples))
+        sampled_loss = binary_cross_entropy(sampled[:, 1:], target[:, 1:])
+        losses = {"cls": classification_loss(max_loss, sampled_loss, self.lam)}
+        if self.fs_weight:
+            with torch.autocast(device_type=probs.device.type, enabled=False):
+                rgb = rgb_at(batch["image"], tuple(probs.shape[-2:]))
+                losses["fs"] = self.fs_weight * self.similarity(probs, rgb)
+        return losses
+
+    def learned(self) -> dict:
+        return {"sigma": float(self.similarity.sigma), "mu": float(self.similarity.mu)}
+
+
+def build_cam_objective(name: str, cfg: dict, train: dict):
+    """The objective of baseline ``name`` from its config section ``wsss.<name>`` and the training
+    section (``head_lr_mult``).
+
+    Raises:
+        ValueError: unknown name or missing key (named).
+    """
+    try:
+        head = float(train["head_lr_mult"])
+        if name == "cam":
+            return CamObjective(head)
+        if name == "vwe":
+            return VweObjective(head)
+        if name == "iscam":
+            return IsCamObjective(float(cfg["lambda_is"]), int(cfg["num_samples"]), float(cfg["fs_weight"]),
+                                  float(cfg["sigma_init"]), float(cfg["mu_init"]), bool(cfg["learn_sigma_mu"]),
+                                  str(cfg["fs_normalisation"]), head)
+    except KeyError as err:
+        section = "train_cam" if err.args[0] == "head_lr_mult" else "wsss"
+        raise ValueError(f"{section}.{name}: missing key {err.args[0]!r}") from err
+    raise ValueError(f"unknown CAM baseline {name!r}; known: cam, vwe, iscam")
+
+
+__all__ = ["CamObjective", "IsCamObjective", "VweObjective", "build_cam_objective", "cam_param_groups", "rgb_at"]

@@ -1,0 +1,117 @@
+"""Stage ``train-cam``: the classifier of an offline WSSS baseline (``cam``, ``vwe``, ``iscam``) at
+step t, on the step's training images with the image-level labels of its new classes (WILSON
+Sec. 4.2: "we first train a classification model using the images available in the incremental
+learning steps").
+
+Data: the ids of ``step{t}.json`` with the usual augmentation of the pipeline (random scale, crop
+padded with void, flip; :class:`pipeline.data.transforms.TrainTransform`); the masks are blanked
+(only the crop padding stays void) and each image gets a (K,) multi-hot of its labelled new
+classes, channel k = ``new_classes[k]`` (labels of old classes, present in WILSON's relaxed
+setting, are ignored: the network learns the new classes only).
+
+Training runs in the shared loop with the baseline's objective (:mod:`pipeline.wsss.objectives`);
+writes ``model.pt`` (weights + the metadata :func:`pipeline.models.cam.load_cam_model` needs) and
+``history.csv`` in ``--outdir`` and resumes from ``checkpoint.pt`` there.
+
+``--params``: ``{"train": <train_cam.<cam>>, "cam": <wsss.<cam>>}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from pipeline import __version__
+from pipeline.data.transforms import TrainTransform
+from pipeline.models.cam import build_cam_model, save_cam_model
+from pipeline.train.common import add_run_arguments, start_run, step_dataset
+from pipeline.train.loop import LoopConfig, Trainer, fingerprint, seed_everything
+from pipeline.train.step import BLANK_LUT, WithImageLabels
+from pipeline.wsss.objectives import build_cam_objective
+
+log = logging.getLogger("pipeline.wsss.train_cam")
+
+#: Keys of a ``train_cam.<cam>`` section.
+TRAIN_KEYS = ("epochs", "batch_size", "lr", "head_lr_mult", "momentum", "weight_decay", "poly_power",
+              "crop_size", "scale_range", "amp")
+
+
+def channel_labels(split: dict) -> dict[str, list[int]]:
+    """Image labels of a split as channels of the CAM network: ``{id: [k, ...]}`` with
+    ``new_classes[k]`` a labelled class of the image; other labelled classes are dropped.
+
+    Raises:
+        ValueError: an id of ``split["ids"]`` without an entry in ``split["labels"]`` (named).
+    """
+    channel = {int(c): k for k, c in enumerate(split["new_classes"])}
+    labels = {}
+    for image_id in split["ids"]:
+        if image_id not in split["labels"]:
+            raise ValueError(f"split step {split.get('step')}: image {image_id!r} has no entry in 'labels'")
+        labels[image_id] = sorted(channel[int(c)] for c in split["labels"][image_id] if int(c) in channel)
+    return labels
+
+
+def cam_training_data(split: dict, data_index: str | Path, train: dict) -> WithImageLabels:
+    """The step's images, augmented, with blank masks and (K,) multi-hot ``labels``."""
+    transform = TrainTransform(int(train["crop_size"]), tuple(train["scale_range"]), BLANK_LUT)
+    dataset = step_dataset(data_index, split["ids"], transform)
+    return WithImageLabels(dataset, channel_labels(split), len(split["new_classes"]))
+
+
+def check_train_section(train: dict, cam: str) -> None:
+    """Raise ValueError naming the first missing key of ``train_cam.<cam>``."""
+    missing = [key for key in TRAIN_KEYS if key not in train]
+    if missing:
+        raise ValueError(f"train_cam.{cam}: missing key(s) {', '.join(missing)}")
+
+
+def train_cam_and_save(net, objective, dataset, train: dict, args: argparse.Namespace, device, meta: dict,
+                       tag: str) -> list[dict]:
+    """Run the shared loop (no validation pass), write ``model.pt`` with ``meta`` (and the learned
+    loss parameters of the objective, if any) and drop the checkpoint; returns the history.
+
+    The CAM counterpart of :func:`pipeline.train.common.train_and_save`, which saves Segmenters.
+    """
+    cfg = LoopConfig(epochs=int(train["epochs"]), batch_size=int(train["batch_size"]), lr=float(train["lr"]),
+                     momentum=float(train["momentum"]), weight_decay=float(train["weight_decay"]),
+                     poly_power=float(train["poly_power"]), seed=args.seed, amp=bool(train["amp"]), eval_every=0)
+    outdir = Path(args.outdir)
+    trainer = Trainer(net, objective, dataset, cfg, outdir, device, workers=args.workers, tag=tag)
+    history = trainer.fit()
+    save_cam_model(outdir / "model.pt", net, {**meta, "seed": args.seed, "train": train,
+                                              "learned": objective.learned(),
+                                              "final_loss": history[-1]["loss"] if history else None})
+    trainer.remove_checkpoint()
+    log.info("wrote %s", outdir / "model.pt")
+    return history
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--cam", required=True, choices=("cam", "vwe", "iscam"), help="WSSS baseline")
+    add_run_arguments(parser, 'JSON: {"train": {...}, "cam": {...}} (config train_cam.<cam> and wsss.<cam>)')
+
+
+def run(args: argparse.Namespace) -> None:
+    params, split, device = start_run(args)
+    for key in ("train", "cam"):
+        if key not in params:
+            raise ValueError(f"--params: missing section {key!r} (expected {{\"train\": ..., \"cam\": ...}})")
+    train, cam_cfg = params["train"], params["cam"]
+    check_train_section(train, args.cam)
+    task, step = split["task"], split["step"]
+    if not split["new_classes"]:
+        raise ValueError(f"{args.split}: step {step} of {task} has no new classes to learn")
+
+    seed_everything(args.seed)
+    net = build_cam_model(args.cam, cam_cfg, len(split["new_classes"]))
+    objective = build_cam_objective(args.cam, cam_cfg, train)
+    dataset = cam_training_data(split, args.data, train)
+    log.info("%s: task %s %s step %d, %d training images, new classes %s, device %s", args.cam, task,
+             split["protocol"], step, len(dataset), split["new_classes"], device)
+    train_cam_and_save(
+        net, objective, dataset, train, args, device,
+        meta={"cam_cfg": cam_cfg, "task": task, "protocol": split["protocol"], "step": step,
+              "new_classes": split["new_classes"], "version": __version__},
+        tag=fingerprint(args.cam, cam_cfg, train, split["ids"], split["labels"], __version__))
