@@ -7,7 +7,7 @@ import sys
 from snakemake.settings.types import DeploymentMethod
 
 from pipeline.data.tasks import num_steps
-from pipeline.methods.variants import merge, resolve_method
+from pipeline.methods.variants import merge, resolve_method, variant_changes
 
 DATASET = config["dataset"]["name"]
 ROOT = config["dataset"]["root"]
@@ -84,7 +84,7 @@ def check_methods():
         if base not in known:
             raise ValueError(f"methods.{name}.method = {base!r}: expected one of {', '.join(sorted(known))}")
         try:
-            jsonschema.validate(settings, known[base])
+            jsonschema.validate(settings, {"$defs": schema["$defs"], **known[base]})
         except jsonschema.ValidationError as error:
             where = ".".join(str(p) for p in error.absolute_path)
             raise ValueError(f"methods.{name} (a variant of {base}){': ' + where if where else ''}: {error.message}") from None

@@ -32,6 +32,8 @@ rule report:
     input:
         metrics=[m for m, _ in evaluated_runs()],
         histories=[h for _, h in evaluated_runs()],
+        quality=quality_files(),
+        examples=[q.replace("_quality.json", "_examples.png").replace(".json", "_examples.png") for q in quality_files()],
     output:
         summary=report(f"{REPORT_DIR}/summary.md", caption="../report/summary.rst", category="Tables"),
         figures=report(
@@ -43,6 +45,9 @@ rule report:
     params:
         outdir=REPORT_DIR,
         qualitative=config["report"]["qualitative_images"],
+        variants=lambda wc: json.dumps({m: {"method": method_settings(m)["method"],
+                                             "changes": variant_changes(config["methods"], m)}
+                                         for m in EXP["methods"] if method_settings(m)["method"] != m}),
     log:
         "logs/report/report.log",
     resources:
@@ -52,4 +57,5 @@ rule report:
     shell:
         "{PYTHON} -m pipeline report --metrics {input.metrics:q} --histories {input.histories:q}"
         " --outdir {params.outdir:q} --figures-dir {output.figures:q} --qualitative {params.qualitative}"
+        " --variants {params.variants:q} --quality {input.quality:q} --examples {input.examples:q}"
         " > {log} 2>&1"

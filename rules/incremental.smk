@@ -12,6 +12,8 @@ def previous_model(wildcards):
 def step_params(wildcards):
     """--params of train_step: the loop settings and the method's section (+ relaxed labels)."""
     method = dict(method_settings(wildcards.method), relaxed=EXP["relaxed_labels"])
+    if method["method"] == wildcards.method:  # "method" names the base of a variant only
+        del method["method"]
     return params_json(train=config["train_step"], method=method)
 
 
@@ -40,10 +42,10 @@ def method_options(wildcards, input):
 
 rule train_step:
     input:
+        unpack(method_inputs),
         split=SPLIT,
         previous=previous_model,
         data=DATA_INDEX,
-        unpack(method_inputs),
     output:
         model=RUN + "/model.pt",
         history=RUN + "/history.csv",

@@ -13,7 +13,7 @@ rule train_cam:
     wildcard_constraints:
         step=r"[1-9]\d*",
     params:
-        cfg=lambda wc: params_json(train=config["train_cam"], cam=config["wsss"][wc.cam]),
+        cfg=lambda wc: params_json(train=config["train_cam"][wc.cam], cam=config["wsss"][wc.cam]),
         outdir=lambda wc, output: os.path.dirname(output.model),
         device=config["device"],
         workers=config["workers"],

@@ -680,6 +680,9 @@ def build_report(
     outdir: str | Path = "results/report",
     num_examples: int = 4,
     figures_dir: str | Path | None = None,
+    variants: dict | None = None,
+    quality: Sequence[str | Path] = (),
+    examples: Sequence[str | Path] = (),
 ) -> list[Path]:
     """Write every table and figure (see the module docstring) and ``index.json``.
 
@@ -693,6 +696,11 @@ def build_report(
         num_examples: rows of the qualitative figures (0: no qualitative figure).
         figures_dir: folder of the PNG figures (default ``outdir``); ``summary.md`` links them
             and ``index.json`` lists them relative to ``outdir``.
+        variants: ``{variant: {"method": base, "changes": {...}}}``: method variants, laid out
+            as ablation tables (:mod:`pipeline.eval.ablation`).
+        quality: pseudo-label quality JSONs (:mod:`pipeline.eval.pseudo_quality`).
+        examples: figures of pseudo-labels made by other stages (co-segmentation, CAMs), copied
+            into the figures folder and linked under the quality table.
 
     Returns:
         Paths written, ``index.json`` last.
@@ -771,6 +779,36 @@ def build_report(
         entries.append((p, f"Learning curves, {dataset} {task}"))
         summary += [f"![Learning curves, {dataset} {task}]({rel(p)})", ""]
 
+    from pipeline.eval import ablation, pseudo_quality
+
+    extra_tables = [("Ablations", ablation.ablation_tables(runs, variants or {}))]
+    extra_tables.append(("Pseudo-label quality", pseudo_quality.quality_tables(quality)))
+    for heading, tables_ in extra_tables:
+        if tables_:
+            summary += [f"## {heading}", ""]
+        for table in tables_:
+            p = outdir / f"{table['stem']}.md"
+            text = ablation.markdown(table)
+            write_text(p, f"### {table['title']}\n\n{text}")
+            with atomic_path(outdir / f"{table['stem']}.csv") as tmp:
+                with open(tmp, "w", newline="") as f:
+                    csv.writer(f).writerows([table["header"], *table["rows"]])
+            entries += [(p, table["title"]), (outdir / f"{table['stem']}.csv", table["title"] + " (csv)")]
+            summary += [f"### {table['title']}", "", text]
+    if examples:
+        summary += ["### Pseudo-label examples", ""]
+    for source in examples:
+        source = Path(source)
+        parts = source.parts
+        # …/{task}-{protocol}/[seed{s}/]step{t}/{pseudo|coseg/quality}/{name}_examples.png → a unique name
+        start = next((i for i, part in enumerate(parts) if re.fullmatch(r"\d+(-\d+)+-[a-z]+", part)), 0)
+        p = figures / ("examples_" + _slug("_".join(parts[start:]).replace(".png", "")) + ".png")
+        with atomic_path(p) as tmp:
+            tmp.write_bytes(source.read_bytes())
+        caption = "Pseudo-labels, " + " ".join(parts[start:]).replace("_examples.png", "")
+        entries.append((p, caption))
+        summary += [f"![{caption}]({rel(p)})", ""]
+
     p = outdir / "summary.md"
     write_text(p, "\n".join(summary).rstrip() + "\n")
     entries.append((p, "All tables and figures"))
@@ -788,7 +826,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--figures-dir", default=None, help="folder of the PNG figures (default: --outdir)")
     parser.add_argument("--qualitative", "--num-examples", dest="num_examples", type=int, default=4,
                         help="val images (rows) in the qualitative figures; 0 for none")
+    parser.add_argument("--variants", default="{}",
+                        help='JSON {variant: {"method": base, "changes": {key: value}}} for the ablation tables')
+    parser.add_argument("--quality", nargs="*", default=[], help="pseudo-label quality JSONs (coseg, CAM baselines)")
+    parser.add_argument("--examples", nargs="*", default=[], help="pseudo-label example figures to include")
 
 
 def run(args: argparse.Namespace) -> None:
-    build_report(args.metrics, args.histories, args.outdir, args.num_examples, args.figures_dir)
+    import json
+
+    build_report(args.metrics, args.histories, args.outdir, args.num_examples, args.figures_dir,
+                 variants=json.loads(args.variants), quality=args.quality, examples=args.examples)

@@ -18,8 +18,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import pickle
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 import numpy as np
 import torch
@@ -71,8 +71,7 @@ def _checkpoint_state_dict(obj: object, path: Path) -> dict[str, Tensor]:
     out = {}
     for key, value in obj.items():
         for prefix in _PREFIXES:
-            if key.startswith(prefix):
-                key = key[len(prefix):]
+            key = key.removeprefix(prefix)
         if not key.startswith(_NON_BACKBONE):
             out[key] = value
     return out
@@ -245,8 +244,9 @@ def seed_attention(model: nn.Module, images: Tensor, seeds: Tensor) -> Tensor:
     prefix = q.shape[2] - h * w
     token = torch.where(valid, prefix + rows * w + cols, torch.zeros_like(rows)).reshape(batch, -1)
     q_rows = torch.gather(q, 2, token[:, None, :, None].expand(batch, heads, token.shape[1], dim))
-    logits = (q_rows.float() * scale) @ k.float().transpose(-2, -1)       # (B, n, K*N, L)
-    attention = logits.softmax(dim=-1)[..., prefix:].mean(dim=1)          # (B, K*N, h*w)
+    with torch.autocast(device_type=q.device.type, enabled=False):        # float32 under AMP too
+        logits = (q_rows.float() * scale) @ k.float().transpose(-2, -1)   # (B, n, K*N, L)
+        attention = logits.softmax(dim=-1)[..., prefix:].mean(dim=1)      # (B, K*N, h*w)
     attention = attention.reshape(batch, n_classes, n_seeds, h * w) * valid[..., None]
     count = valid.sum(-1, keepdim=True).clamp(min=1)                      # (B, K, 1)
     return (attention.sum(2) / count).reshape(batch, n_classes, h, w)

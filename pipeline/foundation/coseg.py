@@ -16,11 +16,12 @@ cache, so that changing them never re-runs CLIP or the SSL ViT:
 * the fusion operator of Eq. 5 (``fusion``: union, intersection, none; Table 4).
 
 :func:`expected_provenance` lists only the settings that change the cached scores; the read-time
-keys above are deliberately left out of it.
+keys above (:data:`READ_TIME_KEYS`, alias :data:`READ_KEYS` for the Snakemake rules) are
+deliberately left out of it.
 
 Config section ``coseg`` (every key; defaults are the paper's where it gives one)::
 
-    source: clip            # clip: CLIP (MaskCLIP) initial mask + SSL seed attention | oracle: ground truth
+    source: clip            # clip: CLIP (MaskCLIP) initial mask + SSL seed attention | oracle: GT masks, no model
     clip:
       model: ViT-B-16       # open_clip architecture; Sec. 4.2: CLIP ViT-B with MaskCLIP's mechanism
       pretrained: openai    # open_clip pretrained tag | path to an open_clip checkpoint | none (random init)
@@ -29,9 +30,9 @@ Config section ``coseg`` (every key; defaults are the paper's where it gives one
       model: vit_large_patch16_224   # timm ViT; Sec. 4.2: iBOT ViT-L/16 by default
       pretrained: ibot      # ibot | dino (official .pth in `checkpoint`) | timm (hub weights of model's tag) | none
       checkpoint: null      # local path of the iBOT/DINO checkpoint (pretrained ibot or dino)
-    input_size: 448         # long side of the image fed to both models (px, rounded to whole patches)
+    input_size: 448         # long side fed to both models, px, sides rounded to whole patches (our choice)
     n_seeds: 9              # N of Eq. 4 (Sec. 3.2, Fig. 5)
-    seed: 0                 # seed points drawn by numpy Generator seeded with (seed, image id)
+    seed: 0                 # seed points: numpy Generator seeded with (seed, image id); also seeds a random init
     seed_threshold: 0.5     # binarisation of M_init whose foreground the seeds are drawn from (compute time)
     clip_threshold: 0.5     # binarisation of M_init in the fused mask (read time)
     top_k: 0.7              # K of [.]binary in Eq. 4 (K = 70 %, Sec. 3.2, Table 13; read time)
@@ -46,8 +47,9 @@ import copy
 import functools
 import hashlib
 import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -84,7 +86,7 @@ def _merge(defaults: Mapping, given: Mapping, where: str) -> dict:
     out = copy.deepcopy(dict(defaults))
     for key, value in given.items():
         if key not in defaults:
-            raise ValueError(f"{where}: unknown key {key!r}; expected one of {sorted(defaults)}")
+            raise ValueError(f"{where}.{key}: unknown key; expected one of {sorted(defaults)}")
         if isinstance(defaults[key], dict):
             if not isinstance(value, Mapping):
                 raise ValueError(f"{where}.{key}: expected a mapping, got {value!r}")

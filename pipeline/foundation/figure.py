@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -11,7 +11,7 @@ from pipeline.data.classes import VOC_CLASSES, voc_palette
 from pipeline.io import atomic_path
 
 COLUMNS = ("image", "initial mask (M_init)", "seed attention (M_seeds, pre-binary)", "fused (M_refine)",
-           "ground truth")
+           "ground truth (new classes)")
 
 
 def colourise(labels: np.ndarray) -> np.ndarray:
@@ -66,4 +66,4 @@ def coseg_figure(path: str | os.PathLike, rows: Sequence[dict], title: str = "")
     plt.close(fig)
 
 
-__all__ = ["coseg_figure", "colourise"]
+__all__ = ["colourise", "coseg_figure"]

@@ -14,7 +14,7 @@ open_clip is imported lazily (it is slow to import), so that reading a cache nev
 from __future__ import annotations
 
 import logging
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -64,7 +64,7 @@ def load_clip(model_name: str = "ViT-B-16", pretrained: str = "openai",
         pretrained: an open_clip pretrained tag (``"openai"``, ``"laion2b_s34b_b88k"``...; the
             weights come from open_clip's cache or the hub), a path to a local checkpoint file,
             or ``"none"`` for random initialisation (same code path otherwise; seed torch first
-            for a reproducible init).
+            for a reproducible init). A tag trained with QuickGELU (``openai``) gets QuickGELU.
         device: where to put the model.
     Returns:
         ``(model, tokenizer)``.
@@ -73,10 +73,15 @@ def load_clip(model_name: str = "ViT-B-16", pretrained: str = "openai",
             ValueError: the architecture has no ViT image tower usable by :func:`maskclip_features`.
     """
     import open_clip
+    from open_clip.pretrained import get_pretrained_cfg
 
     weights = None if pretrained in (None, "none") else pretrained
+    # OpenAI's weights were trained with QuickGELU, which open_clip's "ViT-B-16" config does not
+    # use unless told (it only warns): follow the tag's own setting.
+    quick_gelu = bool(weights and get_pretrained_cfg(model_name, weights).get("quick_gelu", False))
     try:
-        model = open_clip.create_model(model_name, pretrained=weights, device=device)
+        model = open_clip.create_model(model_name, pretrained=weights, device=device,
+                                       force_quick_gelu=quick_gelu)
     except (RuntimeError, OSError, ValueError) as error:
         raise RuntimeError(
             f"coseg.clip: cannot build open_clip model {model_name!r} with pretrained={pretrained!r} "
@@ -251,7 +256,8 @@ def pixel_text_scores(features: Tensor, text: Tensor) -> Tensor:
     Returns:
         (B, K, h, w) float32 in [-1, 1].
     """
-    return torch.einsum("bhwd,kd->bkhw", features.float(), text.float().to(features.device))
+    with torch.autocast(device_type=features.device.type, enabled=False):  # float32 under AMP too
+        return torch.einsum("bhwd,kd->bkhw", features.float(), text.float().to(features.device))
 
 
 def dense_clip_scores(model: nn.Module, images: Tensor, text_embeddings: Tensor) -> Tensor:

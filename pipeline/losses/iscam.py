@@ -13,7 +13,7 @@ Data flow of one training batch (:class:`pipeline.wsss.objectives.IsCamObjective
 - both → ``classification_loss`` (Eq. 5, weight λ);
 - ``a`` and the RGB image → ``feature_similarity_loss`` (Eq. 6, from ``spatial_weights`` Eq. 7,
   ``rgb_dissimilarity`` δ, ``dissimilarity_response`` Eq. 8 and ``prediction_gap`` g), with σ and
-  μ learned (:class:`FeatureSimilarity`).
+  μ as parameters (:class:`FeatureSimilarity`).
 """
 
 from __future__ import annotations
@@ -261,15 +261,18 @@ def feature_similarity_loss(probs: Tensor, rgb: Tensor, sigma: Tensor | float, m
 
 
 class FeatureSimilarity(nn.Module):
-    """The feature similarity loss with σ and μ learned with the network (ISCAM Sec. 3.3).
+    """The feature similarity loss with its σ and μ as parameters (ISCAM Sec. 3.3: "we learn them
+    together with the network parameters").
 
-    σ is parametrised by its log (stays positive). The paper gives no initial values; the
-    defaults are the fixed values of the authors' code (σ = 5 pixels of the CAM map, μ = 2.5).
+    σ is parametrised by its log (stays positive). The paper gives no values; the defaults are
+    the fixed values of the authors' code (σ = 5 pixels of the CAM map, μ = 2.5). With
+    ``learn=True`` they get gradients; note ∂L_fs/∂μ = -c Σ w g (1 - f²) ≤ 0 (c > 0): descent on
+    this loss alone only ever raises μ (see :class:`pipeline.wsss.objectives.IsCamObjective`).
 
     ``forward(probs, rgb)`` returns :func:`feature_similarity_loss` (a scalar).
     """
 
-    def __init__(self, sigma: float = 5.0, mu: float = 2.5, learn: bool = True, normalisation: str = "pairs"):
+    def __init__(self, sigma: float = 5.0, mu: float = 2.5, learn: bool = False, normalisation: str = "pairs"):
         super().__init__()
         if sigma <= 0:
             raise ValueError(f"sigma={sigma}: must be > 0")

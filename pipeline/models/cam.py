@@ -76,7 +76,7 @@ class _CamBase(nn.Module):
                     for parameter in module.parameters():
                         parameter.requires_grad_(False)
 
-    def train(self, mode: bool = True) -> "_CamBase":
+    def train(self, mode: bool = True) -> _CamBase:
         super().train(mode)
         if self.freeze_bn:
             for module in self.backbone.modules():
@@ -236,8 +236,8 @@ def build_cam_model(name: str, cfg: dict, num_classes: int) -> _CamBase:
     if missing:
         raise ValueError(f"wsss.{name}: missing key(s) {', '.join(missing)}")
     backbone = build_backbone(cfg["backbone"], int(cfg["output_stride"]), str(cfg["pretrained"]))
-    common = dict(output_stride=int(cfg["output_stride"]), dropout=float(cfg["dropout"]),
-                  freeze_bn=bool(cfg["freeze_bn"]) and str(cfg["pretrained"]) != "none")
+    common = {"output_stride": int(cfg["output_stride"]), "dropout": float(cfg["dropout"]),
+                  "freeze_bn": bool(cfg["freeze_bn"]) and str(cfg["pretrained"]) != "none"}
     if name == "vwe":
         return VweNet(backbone, num_classes, num_words=int(cfg["num_words"]), pyramid_levels=cfg["pyramid_levels"],
                       gamma=float(cfg["gamma"]), detach_word_features=bool(cfg["detach_word_features"]), **common)

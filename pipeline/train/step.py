@@ -82,11 +82,16 @@ class PseudoLabelled(Dataset):
         CacheError: an image missing from the cache; ValueError: a label of another size.
     """
 
-    def __init__(self, images: Dataset, cache_path: str, transform):
+    def __init__(self, images: Dataset, cache_path: str, split: dict, transform):
         from pipeline.wsss.pseudo_labels import read_pseudo_label
 
-        self.images, self.cache, self.transform, self.read = images, _LazyCache(cache_path), transform, read_pseudo_label
-        with open_cache(cache_path) as reader:
+        # What this step must find in the cache (the pseudo-labels stage records the CAM model's hash
+        # and its settings too; Snakemake re-runs this step when the cache changes).
+        expected = {"kind": "wsss_pseudo_labels", "task": split["task"], "protocol": split["protocol"],
+                    "step": int(split["step"]), "new_classes": [int(c) for c in split["new_classes"]]}
+        self.images, self.transform, self.read = images, transform, read_pseudo_label
+        self.cache = _LazyCache(cache_path, expected)
+        with open_cache(cache_path, expected) as reader:
             missing = [i for i in images.ids if i not in reader]
         if missing:
             raise CacheError(f"{cache_path}: no pseudo-label for {len(missing)} training images, e.g. {missing[0]!r}")
@@ -192,7 +197,7 @@ def training_data(supervision: str, split: dict, data_index: str, task: str, ste
     if supervision == "pseudo":
         if not pseudo:
             raise ValueError("pseudo-label supervision needs --pseudo (the pseudo-labels stage's .h5)")
-        return PseudoLabelled(step_dataset(data_index, split["ids"], None), pseudo, TrainTransform(crop, scales))
+        return PseudoLabelled(step_dataset(data_index, split["ids"], None), pseudo, split, TrainTransform(crop, scales))
     if supervision == "fmwiss":
         if not coseg:
             raise ValueError("fmwiss needs --coseg (the coseg stage's .h5)")

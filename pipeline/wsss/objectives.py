@@ -7,7 +7,7 @@ the device, AMP, optimiser, schedule and checkpoints.
 - ``cam``: multi-label soft-margin loss on the GAP logits (EPS' ``train_cls``; VWE Eq. 8 form).
 - ``vwe``: the three soft-margin terms of VWE Eq. 9.
 - ``iscam``: ISCAM Eq. 5 (max-pool and importance-sampled BCE) + the feature similarity loss
-  Eq. 6 with learned σ and μ (whose module the loop trains and checkpoints).
+  Eq. 6 (its σ, μ module is the objective's, checkpointed by the loop and trained if learned).
 """
 
 from __future__ import annotations
@@ -79,27 +79,37 @@ class VweObjective(CamObjective):
 class IsCamObjective(CamObjective):
     """ISCAM (Jonnarth and Felsberg, ICASSP 2022): L = L_cls (Eq. 5) + w · L_fs (Eq. 6).
 
-    The background channel's label is 1 for every image (authors' code). Following the authors'
-    code, the max-pooling term covers background and classes while the importance-sampled term
-    covers the K classes only (the paper's K "includes background" without saying how it is
-    labelled). The feature similarity loss is computed in float32 (AMP off) on the CAM map's
-    grid against the image's RGB averaged over each cell.
+    Both terms of Eq. 5 run over all 1 + K channels, the background labelled present in every
+    image (Eq. 3 sums over "K classes including background"; the authors' code gives the
+    background label 1). The authors' code leaves the background out of the sampled term but
+    keeps it, at weight 1 whatever λ, in a max-pooling term on SEAM's revised CAMs, which is not
+    part of this baseline; without any background term and λ = 1 nothing stops a present class
+    from covering the whole image (zero loss), which is what happened on the demo data. The
+    feature similarity loss is computed in float32 (AMP off) on the CAM map's grid against the
+    image's RGB averaged over each cell.
 
     Args:
-        lam: λ of Eq. 5 (1 in the paper's experiments).
+        lam: λ of Eq. 5 (1 in the paper's experiments, Sec. 4.2).
         num_samples: pixels drawn per class and image (the paper: one; the authors' code: 100).
-        fs_weight: weight of L_fs (the paper: none given; the authors' code: 0.5).
-        sigma, mu: initial σ (CAM-map pixels) and μ (authors' code: 5 and 2.5, kept fixed there).
-        learn_sigma_mu: learn σ and μ (paper Sec. 3.3) or keep them fixed.
-        normalisation: ``pairs`` (Eq. 6) or ``pixels`` (authors' code), see
+        fs_weight: weight of L_fs. The paper gives none; with Eq. 6's (HW)^-2 the term is
+            negligible (~1e-6 on a 56×56 map), so weight and normalisation are taken together
+            from the authors' code: 0.5 × (1/HW) sum_ij w_ij ||a_i - a_j||² f_ij, which is
+            ``fs_weight = 1`` with ``normalisation = "pixels"`` and the paper's g = ½||·||².
+        sigma, mu: σ (CAM-map pixels) and μ, initial values if learned (authors' code: 5 and 2.5).
+        learn_sigma_mu: learn σ and μ by gradient descent on the loss (paper Sec. 3.3) or keep
+            them fixed (authors' code, the default here): ∂L_fs/∂μ = -(1/N) Σ w g (1 - f²) ≤ 0, so
+            descent raises μ without bound, every pair becomes "dissimilar" and the loss rewards
+            neighbouring pixels with different predictions (on the demo data μ went 2.5 → 5.8
+            and the pseudo-label mIoU collapsed).
+        normalisation: ``pairs`` (Eq. 6 as printed) or ``pixels`` (authors' code), see
             :func:`pipeline.losses.iscam.feature_similarity_loss`.
-        head_lr_mult: learning-rate multiplier of the classifier, σ and μ.
+        head_lr_mult: learning-rate multiplier of the classifier (and of σ, μ when learned).
     """
 
     name = "iscam"
 
-    def __init__(self, lam: float = 1.0, num_samples: int = 1, fs_weight: float = 0.5, sigma: float = 5.0,
-                 mu: float = 2.5, learn_sigma_mu: bool = True, normalisation: str = "pairs",
+    def __init__(self, lam: float = 1.0, num_samples: int = 1, fs_weight: float = 1.0, sigma: float = 5.0,
+                 mu: float = 2.5, learn_sigma_mu: bool = False, normalisation: str = "pixels",
                  head_lr_mult: float = 10.0):
         super().__init__(head_lr_mult)
         if not 0.0 <= lam <= 1.0:
@@ -123,7 +133,7 @@ class IsCamObjective(CamObjective):
         target = torch.cat([labels.new_ones((labels.shape[0], 1)), labels], dim=1)
         max_loss = binary_cross_entropy(max_pool_prediction(probs), target)
         sampled = sampled_prediction(probs, importance_sample(probs, self.num_samples))
-        sampled_loss = binary_cross_entropy(sampled[:, 1:], target[:, 1:])
+        sampled_loss = binary_cross_entropy(sampled, target)
         losses = {"cls": classification_loss(max_loss, sampled_loss, self.lam)}
         if self.fs_weight:
             with torch.autocast(device_type=probs.device.type, enabled=False):
@@ -132,7 +142,7 @@ class IsCamObjective(CamObjective):
         return losses
 
     def learned(self) -> dict:
-        return {"sigma": float(self.similarity.sigma), "mu": float(self.similarity.mu)}
+        return {"sigma": float(self.similarity.sigma.detach()), "mu": float(self.similarity.mu.detach())}
 
 
 def build_cam_objective(name: str, cfg: dict, train: dict):

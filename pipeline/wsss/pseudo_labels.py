@@ -26,7 +26,8 @@ Quality (``--quality`` JSON): region mIoU and contour F-score (paper 003, Sec. 4
 against the ground truth of the step's training images, over background + the step's new classes
 (:class:`pipeline.eval.quality.MaskQuality`; other classes of the ground truth count as background).
 
-``--params``: ``{"cam": <wsss.<cam>>, "quality": <wsss.quality>}``.
+``--params``: ``{"cam": <wsss.<cam>>}``, optionally ``"quality": {"contour_tolerance": t}`` (pixels
+if >= 1, else a fraction of the image diagonal; default 0.008, the DAVIS value of paper 003).
 """
 
 from __future__ import annotations
@@ -57,6 +58,9 @@ log = logging.getLogger("pipeline.wsss.pseudo_labels")
 
 #: Keys of ``wsss.<cam>`` the inference reads.
 INFERENCE_KEYS = ("scales", "flip")
+#: Contour F-score tolerance when ``--params`` has no ``quality.contour_tolerance``: 0.008 of the
+#: image diagonal, the DAVIS code's ``bound_th`` that paper 003 (Sec. 4.1) uses.
+DEFAULT_CONTOUR_TOLERANCE = 0.008
 
 
 # --- CAM inference ------------------------------------------------------------------------------
@@ -284,7 +288,8 @@ def write_cache(net: nn.Module, split: dict, data_index: str, out: str | Path, p
             image = normalise(dataset[i])["image"].to(device)
             labels = split["labels"][image_id]
             entry = image_pseudo_label(net, image, labels, split["new_classes"], cam_cfg)
-            writer.put(image_id, entry, attrs={"classes": np.asarray(sorted(int(c) for c in labels), dtype=np.int64)})
+            classes = sorted(int(c) for c in labels if int(c) in split["new_classes"])
+            writer.put(image_id, entry, attrs={"classes": np.asarray(classes, dtype=np.int64)})
         writer.finish({"num_images": len(split["ids"])})
 
 
@@ -308,7 +313,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--split", required=True, help="step{t}.json written by the splits stage")
     parser.add_argument("--data", required=True, help="dataset index JSON written by prepare-data")
     parser.add_argument("--params", required=True,
-                        help='JSON: {"cam": {...}, "quality": {...}} (config wsss.<cam> and wsss.quality)')
+                        help='JSON: {"cam": {...}[, "quality": {"contour_tolerance": t}]} (config wsss.<cam>)')
     parser.add_argument("--out", required=True, help="HDF5 cache to write (pseudo/<cam>.h5)")
     parser.add_argument("--quality", required=True, help="quality JSON to write (mIoU, contour F-score)")
     parser.add_argument("--figure", required=True, help="PNG of a few examples to write")
@@ -340,10 +345,11 @@ def run(args: argparse.Namespace) -> None:
              split["task"], split["protocol"], split["step"], cam_cfg["scales"], cam_cfg["flip"], device)
     write_cache(net, split, args.data, args.out, provenance, cam_cfg, device)
 
-    result = measure_quality(args.out, provenance, split, args.data, quality_cfg.get("contour_tolerance"))
+    tolerance = quality_cfg.get("contour_tolerance", DEFAULT_CONTOUR_TOLERANCE)
+    result = measure_quality(args.out, provenance, split, args.data, tolerance)
     write_json(args.quality, {"cam": args.cam, "task": split["task"], "protocol": split["protocol"],
                               "step": split["step"], "classes": [0, *split["new_classes"]],
-                              "contour_tolerance": quality_cfg.get("contour_tolerance"), **result})
+                              "contour_tolerance": tolerance, **result})
     log.info("pseudo-label quality: mIoU %s, contour F %s over %d images", result["miou"], result["contour_f"],
              result["n_images"])
     save_pseudo_label_figure(args.figure, args.out, provenance, split, args.data, args.figure_images)

@@ -13,7 +13,9 @@ Training runs in the shared loop with the baseline's objective (:mod:`pipeline.w
 writes ``model.pt`` (weights + the metadata :func:`pipeline.models.cam.load_cam_model` needs) and
 ``history.csv`` in ``--outdir`` and resumes from ``checkpoint.pt`` there.
 
-``--params``: ``{"train": <train_cam.<cam>>, "cam": <wsss.<cam>>}``.
+``--params``: ``{"train": <train_cam>, "cam": <wsss.<cam>>}``; ``train`` is either the whole
+``train_cam`` section (``{"cam": {...}, "vwe": {...}, "iscam": {...}}``, the baseline's own
+subsection is used) or that subsection alone.
 """
 
 from __future__ import annotations
@@ -60,11 +62,21 @@ def cam_training_data(split: dict, data_index: str | Path, train: dict) -> WithI
     return WithImageLabels(dataset, channel_labels(split), len(split["new_classes"]))
 
 
-def check_train_section(train: dict, cam: str) -> None:
-    """Raise ValueError naming the first missing key of ``train_cam.<cam>``."""
+def select_train_section(train: dict, cam: str) -> dict:
+    """The training settings of baseline ``cam``: ``train[cam]`` when ``train`` is the whole
+    ``train_cam`` section (one subsection per baseline, the papers' settings differ), else
+    ``train`` itself (the subsection alone).
+
+    Raises:
+        ValueError: a missing key (named with its config path).
+    """
+    where = f"train_cam.{cam}"
+    if isinstance(train.get(cam), dict):
+        train = train[cam]
     missing = [key for key in TRAIN_KEYS if key not in train]
     if missing:
-        raise ValueError(f"train_cam.{cam}: missing key(s) {', '.join(missing)}")
+        raise ValueError(f"{where}: missing key(s) {', '.join(missing)}")
+    return train
 
 
 def train_cam_and_save(net, objective, dataset, train: dict, args: argparse.Namespace, device, meta: dict,
@@ -90,7 +102,7 @@ def train_cam_and_save(net, objective, dataset, train: dict, args: argparse.Name
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cam", required=True, choices=("cam", "vwe", "iscam"), help="WSSS baseline")
-    add_run_arguments(parser, 'JSON: {"train": {...}, "cam": {...}} (config train_cam.<cam> and wsss.<cam>)')
+    add_run_arguments(parser, 'JSON: {"train": {...}, "cam": {...}} (config train_cam[.<cam>] and wsss.<cam>)')
 
 
 def run(args: argparse.Namespace) -> None:
@@ -98,8 +110,7 @@ def run(args: argparse.Namespace) -> None:
     for key in ("train", "cam"):
         if key not in params:
             raise ValueError(f"--params: missing section {key!r} (expected {{\"train\": ..., \"cam\": ...}})")
-    train, cam_cfg = params["train"], params["cam"]
-    check_train_section(train, args.cam)
+    train, cam_cfg = select_train_section(params["train"], args.cam), params["cam"]
     task, step = split["task"], split["step"]
     if not split["new_classes"]:
         raise ValueError(f"{args.split}: step {step} of {task} has no new classes to learn")
