@@ -94,3 +94,53 @@ def test_wilson_warmup_trains_only_the_localizer():
     sum(losses.values()).backward()
     assert model.classifier.blocks[1].weight.grad is not None
     assert all(p.grad is None for p in old.parameters())
+
+
+def test_fmwiss_data_aligns_coseg_masks_and_pasted_instances(tiny, tmp_path):
+    """Oracle co-segmentation masks come back aligned with the image through the augmentation,
+    blanked under pasted old-class instances, and the ground truth never reaches the mask."""
+    import json
+    import os
+
+    import numpy as np
+
+    from pipeline.data.memory import MemoryBank
+    from pipeline.data.voc import load_mask
+
+    root, train = tiny
+    splits = build_splits(train, "15-5", "overlap")
+    for step in (0, 1):
+        (tmp_path / f"step{step}.json").write_text(json.dumps(splits[step]))
+    data = str(root / "dataset.json")
+    main(["memory-bank", "--split", str(tmp_path / "step0.json"), "--data", data, "--out", str(tmp_path / "bank.h5"),
+          "--params", '{"per_class": 3, "min_area": 4, "seed": 0}', "--no-progress"])
+    coseg_cfg = {"source": "oracle"}
+    main(["coseg", "--split", str(tmp_path / "step1.json"), "--data", data, "--out", str(tmp_path / "coseg.h5"),
+          "--params", json.dumps(coseg_cfg), "--no-progress"])
+    scale_free = {"crop_size": 48, "scale_range": [1.0, 1.0]}
+    dataset = training_data("fmwiss", splits[1], data, "15-5", 1, 21, scale_free, coseg=str(tmp_path / "coseg.h5"),
+                            coseg_cfg=coseg_cfg, memory=str(tmp_path / "bank.h5"), paste_prob=1.0)
+    assert MemoryBank(tmp_path / "bank.h5").classes() and set(MemoryBank(tmp_path / "bank.h5").classes()) <= set(range(1, 16))
+    index = read_json(data)
+    torch.manual_seed(0)
+    pasted_any = False
+    for i in range(len(dataset)):
+        sample = dataset[i]
+        assert set(torch.unique(sample["mask"]).tolist()) <= {0, 255}  # no ground truth
+        pasted = sample["pasted"]
+        assert set(torch.unique(pasted).tolist()) <= {0, *range(1, 16)}
+        pasted_any |= bool((pasted > 0).any())
+        assert (sample["pseudo"][:, pasted > 0] == 0).all()
+        # without the pasted pixels, the oracle masks are the ground truth of the labelled new classes
+        gt = torch.from_numpy(load_mask(os.path.join(index["root"], index["mask_dir"], sample["id"] + ".png")).astype(np.int64))
+        h, w = gt.shape
+        if (h, w) == tuple(sample["mask"].shape):  # no padding, no crop: compare the whole image
+            keep = (pasted == 0) & (sample["mask"] != 255)
+            labelled = splits[1]["labels"][sample["id"]]
+
+            def matches(view):  # the sample may have been flipped horizontally
+                return all(torch.equal(sample["pseudo"][k][keep] > 0, ((view == c) & (c in labelled))[keep])
+                           for k, c in enumerate(range(16, 21)))
+
+            assert matches(gt) or matches(gt.flip(-1))
+    assert pasted_any

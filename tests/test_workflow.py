@@ -131,3 +131,44 @@ def test_chained_multistep_run(tmp_path):
             assert metrics["new_classes"] == list(range(11, 11 + 5 * step))
             assert len(metrics["per_class_iou"]) == 11 + 5 * step
     assert (tmp_path / "results/report/figures/steps_demo_10-5-5.png").is_file()
+
+
+WEAK = ["--configfile", str(REPO / "config/demo.yaml"), str(REPO / "tests/data/tiny.yaml"),
+        str(REPO / "tests/data/tiny-incremental.yaml"), str(REPO / "tests/data/tiny-weak.yaml")]
+
+
+def test_weak_methods_run_and_read_time_settings_do_not_rerun_coseg(tmp_path):
+    """FMWISS (clip + oracle masks, memory bank grown at step 1) and the CAM baselines over two
+    steps; then changing the fusion re-runs training, not the foundation models."""
+    snakemake(tmp_path, "--cores", "2", *WEAK)
+    from pipeline.cache import open_cache
+    from pipeline.io import read_json
+
+    task = tmp_path / "results/demo/10-5-5-overlap"
+    for step in (1, 2):
+        for cache in ("default", "fmwiss_oracle"):
+            with open_cache(task / f"step{step}/coseg/{cache}.h5") as reader:
+                assert len(reader) == len(read_json(tmp_path / f"results/demo/splits/10-5-5-overlap/step{step}.json")["ids"])
+        oracle = read_json(task / f"step{step}/coseg/quality/fmwiss_oracle.json")
+        assert oracle["fused"]["miou"] == pytest.approx(1.0)  # the ground truth, read back through the cache
+        for method in ("fmwiss", "fmwiss_oracle", "cam", "iscam"):
+            metrics = read_json(task / f"seed0/step{step}/{method}/metrics.json")
+            assert metrics["new_classes"] == list(range(11, 11 + 5 * step))
+        for cam in ("cam", "iscam"):
+            quality = read_json(task / f"seed0/step{step}/pseudo/{cam}_quality.json")
+            assert 0.0 <= quality["miou"] <= 1.0 and quality["n_images"] > 0
+    # the step-1 bank holds the base classes and those of step 1 (from the fused masks)
+    from pipeline.data.memory import MemoryBank
+
+    with MemoryBank(task / "step1/memory_bank/default.h5") as bank:
+        classes = set(bank.classes())
+    assert classes <= set(range(1, 16)) and classes & set(range(1, 11)) and classes & set(range(11, 16))
+    summary = (tmp_path / "results/report/summary.md").read_text()
+    assert "Pseudo-label quality" in summary and "Ablation of FMWISS" in summary and "IS-CAM" in summary
+
+    (tmp_path / "fusion.yaml").write_text("methods: {fmwiss: {coseg: {fusion: intersection, top_k: 0.5}}}\n")
+    counts = job_counts(snakemake(tmp_path, "-n", "--cores", "2", *WEAK, str(tmp_path / "fusion.yaml")).stdout)
+    assert "coseg" not in counts and counts["train_step"] >= 1 and counts["coseg_quality"] >= 1
+    (tmp_path / "seeds.yaml").write_text("coseg: {n_seeds: 5}\n")
+    counts = job_counts(snakemake(tmp_path, "-n", "--cores", "2", *WEAK, str(tmp_path / "seeds.yaml")).stdout)
+    assert counts["coseg"] >= 2  # at least the default cache of both steps is recomputed
