@@ -112,9 +112,16 @@ def coseg_compute(cfg):
 
 
 def coseg_cache_name(method):
-    """`default` when a fmwiss variant reads the default cache, else the variant's own name."""
-    cfg = method_settings(method)["coseg"]
-    return "default" if coseg_compute(cfg) == coseg_compute(config["coseg"]) else method
+    """`default` when a fmwiss variant reads the default cache; else the name of the first fmwiss
+    variant (alphabetically) computing the same thing, so variants share one cache."""
+    compute = coseg_compute(method_settings(method)["coseg"])
+    if compute == coseg_compute(config["coseg"]):
+        return "default"
+    for name in sorted(config["methods"]):
+        settings = method_settings(name)
+        if settings["method"] == "fmwiss" and coseg_compute(settings["coseg"]) == compute:
+            return name
+    return method
 
 
 def coseg_cache_config(cache):

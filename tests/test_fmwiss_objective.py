@@ -110,7 +110,8 @@ def test_student_loss_does_not_train_the_teacher_and_teacher_losses_reach_the_en
 def test_targets_old_channels_come_first_from_the_old_model(step):
     old, new_model, context = step
     model = new_model().eval()
-    fmwiss = _objective(model, context, alpha=0.5, beta=0.9)
+    # the equations as printed (suppress_background is tested below)
+    fmwiss = _objective(model, context, alpha=0.5, beta=0.9, suppress_background=False)
     fmwiss.teacher.eval()                      # no dropout: the teacher gives the same logits twice
     batch = _batch()
     with torch.no_grad():
@@ -190,3 +191,37 @@ def test_shared_loop_runs_warmup_then_eq12(step, tmp_path):
     # warm-up epoch: no segmenter parameter moved; epoch 2: the new classifier block did
     assert all(torch.equal(before[k], snapshots[0][k]) for k in before)
     assert not torch.equal(before["classifier.blocks.1.weight"], snapshots[1]["classifier.blocks.1.weight"])
+
+
+def test_suppress_background_inside_new_object_masks():
+    """With suppress_background, the teacher's background target is 0 inside the fused masks and
+    the student's background target never exceeds 1 - its strongest new-class target."""
+    import torch
+    from torch import nn
+
+    from pipeline.methods.context import StepContext
+    from pipeline.methods.fmwiss import FMWISS
+
+    class Old(nn.Module):  # background very sure everywhere (logit 4), one old class
+        def forward(self, image):
+            b, _, h, w = image.shape
+            return {"out": torch.stack([torch.full((b, h, w), 4.0), torch.full((b, h, w), -4.0)], 1)}
+
+    context = StepContext("toy", 1, Old(), num_old=2, new_classes=[2], num_classes=3)
+    batch = {"image": torch.zeros(1, 3, 4, 4), "mask": torch.zeros(1, 4, 4, dtype=torch.long),
+             "labels": torch.tensor([[0.0, 0.0, 1.0]]), "pasted": torch.zeros(1, 4, 4, dtype=torch.long),
+             "pseudo": torch.zeros(1, 1, 4, 4)}
+    batch["pseudo"][0, 0, :2] = 1.0  # the new object covers the top half
+    out = {"features": torch.randn(1, 8, 2, 2), "out": torch.zeros(1, 3, 4, 4)}
+    for suppress in (True, False):
+        objective = FMWISS(context, 8, atrous_rates=(1, 2, 3), teacher_channels=8, suppress_background=suppress)
+        objective.teacher.eval()
+        t = objective.targets(batch, out)
+        inside, outside = t["old_target"][0, 0, :2], t["old_target"][0, 0, 2:]
+        sigma4 = torch.sigmoid(torch.tensor(4.0))
+        assert torch.allclose(outside, sigma4.expand_as(outside))
+        if suppress:
+            assert (inside == 0).all()
+            assert (t["q"][:, 0] <= 1 - t["q"][:, 2] + 1e-6).all()
+        else:
+            assert torch.allclose(inside, sigma4.expand_as(inside))

@@ -72,6 +72,13 @@ class FMWISS:
             labelled with (WILSON's public code; not in the FMWISS paper).
         pasted_one_hot: in Eq. 9, set the other old classes to 0 at pasted pixels (the pasted
             pixels carry a pixel label); False is the literal Eq. 9.
+        suppress_background: where the fused co-segmentation masks mark a new object, the teacher's
+            background target (Eq. 9) is 0 instead of σ(old background), and the student's
+            background target (Eq. 10) is capped at 1 - the largest new-class target, as WILSON's
+            Eq. 7 takes min(σ(old)^b, q^b). Not in the paper: taken literally (False), Eq. 10 asks
+            for background ≈ β·σ(old)^b ≈ 0.9 on every new object, which the old model calls
+            background, and with ground-truth ("oracle") masks the demo learned no new class at all
+            (new mIoU 0.0); see README.
         atrous_rates: rates of the teacher's ASPP (:func:`segmenter_atrous_rates` of the model).
         teacher_channels: D, width of the teacher's ASPP and embeddings (256).
     Raises:
@@ -86,7 +93,7 @@ class FMWISS:
     def __init__(self, context: StepContext, in_channels: int, warmup_epochs: int = 5, lambda_dcl: float = 0.1,
                  tau: float = 0.1, points_per_class: int = 10, alpha: float = 0.5, beta: float = 0.9,
                  head_lr_mult: float = 10.0, restrict_to_labels: bool = True, pasted_one_hot: bool = True,
-                 atrous_rates: Sequence[int] = (6, 12, 18), teacher_channels: int = 256):
+                 suppress_background: bool = True, atrous_rates: Sequence[int] = (6, 12, 18), teacher_channels: int = 256):
         if warmup_epochs < 0 or lambda_dcl < 0:
             raise ValueError(f"warmup_epochs={warmup_epochs}, lambda_dcl={lambda_dcl}: must be ≥ 0")
         if tau <= 0 or points_per_class < 1:
@@ -98,6 +105,7 @@ class FMWISS:
         self.warmup_epochs, self.lambda_dcl, self.tau = warmup_epochs, lambda_dcl, tau
         self.points_per_class, self.alpha, self.beta = points_per_class, alpha, beta
         self.head_lr_mult, self.restrict_to_labels, self.pasted_one_hot = head_lr_mult, restrict_to_labels, pasted_one_hot
+        self.suppress_background = suppress_background
 
     def modules(self) -> dict[str, nn.Module]:
         return {"teacher": self.teacher}
@@ -142,8 +150,13 @@ class FMWISS:
                 raise ValueError(f"the old model has {old_logits.shape[1]} outputs, the step expects "
                                  f"|Y^t-1| = {self.context.num_old}")
             old_target = old_class_targets(old_logits, batch["pasted"].long(), self.pasted_one_hot)  # Eq. 9
+            if self.suppress_background:  # no background inside the fused masks of new objects
+                pseudo = occlude_pseudo_labels(batch["pseudo"].float(), batch["pasted"].long())
+                old_target[:, 0] = old_target[:, 0] * (1.0 - pseudo.amax(dim=1))
             labels = batch["labels"].float() if self.restrict_to_labels else None
             q = distillation_targets(logits, old_target, self.context.new_classes, self.alpha, self.beta, labels)
+            if self.suppress_background:  # cf. WILSON Eq. 7: background ≤ 1 - the strongest new class
+                q[:, 0] = torch.minimum(q[:, 0], 1.0 - q[:, self.context.new_classes].amax(dim=1))
         return {"teacher_logits": logits, "old_target": old_target, "q": q}
 
     def losses(self, batch: dict, out: dict[str, Tensor], epoch: int) -> dict[str, Tensor]:
