@@ -23,18 +23,7 @@ from pipeline.models.teacher import ASPPTeacher
 LN3 = math.log(3.0)
 
 
-def _sigmoid(x):
-    return 1.0 / (1.0 + math.exp(-x))
-
-
-def _bce(target, logit):
-    """-[y log σ(x) + (1 - y) log(1 - σ(x))], written out."""
-    s = _sigmoid(logit)
-    return -(target * math.log(s) + (1.0 - target) * math.log(1.0 - s))
-
-
-def _close(tensor, expected, tol=1e-6):
-    assert math.isclose(float(tensor), expected, rel_tol=tol, abs_tol=tol), (float(tensor), expected)
+from handcalc import bce as _bce, close as _close  # noqa: E402
 
 
 # --- Eq. 6 ----------------------------------------------------------------------------------------

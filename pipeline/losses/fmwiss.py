@@ -300,6 +300,17 @@ def old_class_targets(old_logits: Tensor, pasted: Tensor, one_hot: bool = True) 
     return target.masked_fill(hit, 1.0)
 
 
+def _check_teacher_and_old(teacher_logits: Tensor, old_target: Tensor) -> tuple[int, int]:
+    """(|Y^t|, |Y^{t-1}|) of teacher logits and old targets that agree on batch and (H, W)."""
+    _check_maps("teacher_logits", teacher_logits)
+    _check_maps("old_target", old_target)
+    b, c, h, w = teacher_logits.shape
+    if (old_target.shape[0], *old_target.shape[2:]) != (b, h, w):
+        raise ValueError(f"old_target {tuple(old_target.shape)} vs teacher_logits {tuple(teacher_logits.shape)}: "
+                         "batch and (H, W) must match")
+    return c, old_target.shape[1]
+
+
 def old_class_bce_loss(teacher_logits: Tensor, old_target: Tensor, valid: Tensor | None = None) -> Tensor:
     """Pixel-wise BCE of the teacher's old classes against the old targets, L_BCE^old (FMWISS Eq. 8).
 
@@ -317,13 +328,7 @@ def old_class_bce_loss(teacher_logits: Tensor, old_target: Tensor, valid: Tensor
     Raises:
         ValueError: not 4-D, batch or spatial sizes differ, |Y^{t-1}| ≥ |Y^t|, or bad ``valid``.
     """
-    _check_maps("teacher_logits", teacher_logits)
-    _check_maps("old_target", old_target)
-    b, c, h, w = teacher_logits.shape
-    if (old_target.shape[0], *old_target.shape[2:]) != (b, h, w):
-        raise ValueError(f"old_target {tuple(old_target.shape)} vs teacher_logits {tuple(teacher_logits.shape)}: "
-                         "batch and (H, W) must match")
-    num_old = old_target.shape[1]
+    c, num_old = _check_teacher_and_old(teacher_logits, old_target)
     if num_old >= c:
         raise ValueError(f"old_target has {num_old} channels, the teacher only {c} (needs new ones after them)")
     return _mean_bce(teacher_logits[:, :num_old], old_target, _check_valid(valid, teacher_logits))
@@ -361,13 +366,7 @@ def distillation_targets(teacher_logits: Tensor, old_target: Tensor, new_classes
         ValueError: not 4-D, sizes differ, ``new_classes`` not the last channels after the
             |Y^{t-1}| old ones, α or β outside [0, 1], or ``image_labels`` not (B, |Y^t|).
     """
-    _check_maps("teacher_logits", teacher_logits)
-    _check_maps("old_target", old_target)
-    b, c, h, w = teacher_logits.shape
-    if (old_target.shape[0], *old_target.shape[2:]) != (b, h, w):
-        raise ValueError(f"old_target {tuple(old_target.shape)} vs teacher_logits {tuple(teacher_logits.shape)}: "
-                         "batch and (H, W) must match")
-    num_old = old_target.shape[1]
+    c, num_old = _check_teacher_and_old(teacher_logits, old_target)
     new = _check_new_classes(new_classes, c)
     if new[0] != num_old:
         raise ValueError(f"new_classes={new}: must start right after the {num_old} old channels")
@@ -376,6 +375,7 @@ def distillation_targets(teacher_logits: Tensor, old_target: Tensor, new_classes
             raise ValueError(f"{name}={value}: must be in [0, 1]")
     logits = teacher_logits.detach()
     probs = torch.sigmoid(logits)
+    b = logits.shape[0]
     keep = torch.ones(b, c, dtype=torch.bool, device=logits.device)
     if image_labels is not None:
         if image_labels.shape != (b, c):

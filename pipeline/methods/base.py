@@ -50,3 +50,29 @@ class PixelSupervised:
 
     def losses(self, batch: dict, out: dict[str, Tensor], epoch: int) -> dict[str, Tensor]:
         return {self.loss_name: self.loss_fn(out["out"].float(), batch["mask"])}
+
+
+class OldModelObjective:
+    """Shared parts of the objectives that learn from the frozen step t-1 model (MiB, the offline
+    baselines): no extra module, the segmenter's two learning-rate groups, the old model kept in
+    eval mode, and its logits on a batch. Subclasses set ``context`` and ``head_lr_mult`` and
+    define :meth:`losses`."""
+
+    context = None
+    head_lr_mult: float = 1.0
+
+    def modules(self) -> dict[str, nn.Module]:
+        return {}
+
+    def param_groups(self, model: nn.Module, lr: float) -> list[dict]:
+        return segmenter_param_groups(model, lr, self.head_lr_mult)
+
+    def on_epoch_start(self, epoch: int, model: nn.Module) -> None:
+        self.context.old_model.eval()
+
+    def old_logits(self, image: Tensor) -> Tensor:
+        """(B, |Y^{t-1}|, H, W) float32 logits of the old model on ``image``, without gradient."""
+        import torch
+
+        with torch.no_grad():
+            return self.context.old_model(image)["out"].float()

@@ -3,15 +3,14 @@ pixel labels of the new classes; the pixel-supervised reference of the WILSS tab
 
 from __future__ import annotations
 
-import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from pipeline.losses.mib import unbiased_cross_entropy, unbiased_knowledge_distillation
-from pipeline.methods.base import segmenter_param_groups
+from pipeline.methods.base import OldModelObjective
 from pipeline.methods.context import StepContext
 
 
-class MiB:
+class MiB(OldModelObjective):
     """Objective: L = L_unce + kd_weight * L_unkd / |Y^{t-1}| (MiB Eq. 4-7).
 
     The division by the number of old classes (background included) is the authors' code, not the
@@ -30,19 +29,9 @@ class MiB:
     def __init__(self, context: StepContext, kd_weight: float = 10.0, kd_alpha: float = 1.0, head_lr_mult: float = 1.0):
         self.context, self.kd_weight, self.kd_alpha, self.head_lr_mult = context, kd_weight, kd_alpha, head_lr_mult
 
-    def modules(self) -> dict[str, nn.Module]:
-        return {}
-
-    def param_groups(self, model: nn.Module, lr: float) -> list[dict]:
-        return segmenter_param_groups(model, lr, self.head_lr_mult)
-
-    def on_epoch_start(self, epoch: int, model: nn.Module) -> None:
-        self.context.old_model.eval()
-
     def losses(self, batch: dict, out: dict[str, Tensor], epoch: int) -> dict[str, Tensor]:
         logits = out["out"].float()
-        with torch.no_grad():
-            old_logits = self.context.old_model(batch["image"])["out"].float()
+        old_logits = self.old_logits(batch["image"])
         return {
             "unce": unbiased_cross_entropy(logits, batch["mask"], self.context.num_old),
             "unkd": self.kd_weight / self.context.num_old

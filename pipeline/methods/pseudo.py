@@ -12,12 +12,12 @@ only in the network that produced the pseudo-labels.
 from __future__ import annotations
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 from torch.nn import functional as F
 
 from pipeline.data.classes import VOID
 from pipeline.losses.wilson import segmentation_loss, wilson_target
-from pipeline.methods.base import segmenter_param_groups
+from pipeline.methods.base import OldModelObjective
 from pipeline.methods.context import StepContext
 
 
@@ -46,7 +46,7 @@ def hard_pseudo_target(pseudo: Tensor, num_classes: int, new_classes: list[int])
     return q
 
 
-class PseudoLabelDistillation:
+class PseudoLabelDistillation(OldModelObjective):
     """Objective of the offline baselines: hard pseudo-labels for C^t + old-model targets (WILSON
     Eq. 7) through the per-class logistic loss (WILSON Eq. 8).
 
@@ -65,19 +65,10 @@ class PseudoLabelDistillation:
     def __init__(self, name: str, context: StepContext, head_lr_mult: float = 10.0):
         self.name, self.context, self.head_lr_mult = name, context, head_lr_mult
 
-    def modules(self) -> dict[str, nn.Module]:
-        return {}
-
-    def param_groups(self, model: nn.Module, lr: float) -> list[dict]:
-        return segmenter_param_groups(model, lr, self.head_lr_mult)
-
-    def on_epoch_start(self, epoch: int, model: nn.Module) -> None:
-        self.context.old_model.eval()
-
     def losses(self, batch: dict, out: dict[str, Tensor], epoch: int) -> dict[str, Tensor]:
         logits = out["out"].float()
+        old_logits = self.old_logits(batch["image"])
         with torch.no_grad():
-            old_logits = self.context.old_model(batch["image"])["out"].float()
             if old_logits.shape[-2:] != logits.shape[-2:]:
                 old_logits = F.interpolate(old_logits, size=logits.shape[-2:], mode="bilinear", align_corners=False)
             q = hard_pseudo_target(batch["mask"], self.context.num_classes, self.context.new_classes)
