@@ -225,3 +225,24 @@ def test_suppress_background_inside_new_object_masks():
             assert (t["q"][:, 0] <= 1 - t["q"][:, 2] + 1e-6).all()
         else:
             assert torch.allclose(inside, sigma4.expand_as(inside))
+
+
+def test_teacher_starts_at_the_prior_and_warms_up_before_the_training_epochs(step):
+    _, new_model, context = step
+    model = new_model()
+    fmwiss = _objective(model, context, warmup_epochs=3, teacher_prior=0.01)
+    bias = fmwiss.teacher.classifier.bias
+    assert bias[0] == 0
+    assert torch.allclose(torch.sigmoid(bias[1:]), torch.full((NUM_OLD + len(NEW) - 1,), 0.01))
+    assert fmwiss.warmup_before_training == 3
+    # a batch where the ASPP output is all zero (weights zeroed): the teacher's σ is the prior
+    features = model(_batch()["image"])["features"]
+    with torch.no_grad():
+        fmwiss.teacher.classifier.weight.zero_()
+        probs = torch.sigmoid(fmwiss.teacher(features)["logits"])
+    assert torch.allclose(probs[:, 0], torch.full_like(probs[:, 0], 0.5))
+    assert torch.allclose(probs[:, 1:], torch.full_like(probs[:, 1:], 0.01))
+    untouched = _objective(model, context, teacher_prior=None)
+    assert untouched.teacher.classifier.bias.abs().max() < 1.0   # PyTorch's default uniform init
+    with pytest.raises(ValueError, match="teacher_prior"):
+        _objective(model, context, teacher_prior=1.0)

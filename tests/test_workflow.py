@@ -1,5 +1,6 @@
 """The Snakemake DAG: config validation, the full VOC matrix as a dry run, a tiny real run."""
 
+import csv
 import re
 import subprocess
 import sys
@@ -156,6 +157,10 @@ def test_weak_methods_run_and_read_time_settings_do_not_rerun_coseg(tmp_path):
         for method in ("fmwiss", "fmwiss_oracle", "cam", "iscam"):
             metrics = read_json(task / f"seed0/step{step}/{method}/metrics.json")
             assert metrics["new_classes"] == list(range(11, 11 + 5 * step))
+        # FMWISS: 1 teacher warm-up epoch *before* the 2 train_step epochs (Sec. 4.2), student loss after it
+        with open(task / f"seed0/step{step}/fmwiss/history.csv") as handle:
+            rows = list(csv.DictReader(handle))
+        assert [r["all_bce"] != "" for r in rows] == [False, True, True]
         for cam in ("cam", "iscam"):
             quality = read_json(task / f"seed0/step{step}/pseudo/{cam}_quality.json")
             assert 0.0 <= quality["miou"] <= 1.0 and quality["n_images"] > 0

@@ -6,6 +6,7 @@ targets and a BCE (Eq. 10-11); Eq. 12 sums the four terms."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -39,9 +40,13 @@ def segmenter_atrous_rates(model: nn.Module) -> list[int]:
 class FMWISS:
     """Objective of FMWISS; the loop trains the teacher with the segmentation model.
 
-    Schedule (Sec. 4.2): for the first ``warmup_epochs`` only the teacher learns (its input
-    features are detached and the student loss is not computed, so the segmenter gets no
-    gradient) from L_BCE^new + λ L_DCL^new + L_BCE^old; then everything learns from Eq. 12, the
+    Schedule (Sec. 4.2): "before training the segmentation model, we first warm up the teacher
+    module for five epochs", then "we train all the models for 40 epochs": ``warmup_epochs`` run
+    *before* the ``train_step.epochs`` (``warmup_before_training``; the loop holds the learning
+    rate constant during them and decays it over the epochs after). During the warm-up only the
+    teacher learns (its input features are detached and the student loss is not computed, so the
+    segmenter gets no gradient) from L_BCE^new + λ L_DCL^new + L_BCE^old; then everything learns
+    from Eq. 12, the
     teacher's losses reaching the encoder through its (no longer detached) input features.
     L_BCE^all does not train the teacher (its targets q are detached: the teacher is distilled
     into the student, Sec. 3.5). The old model runs under ``no_grad`` on ``batch["image"]`` (the
@@ -60,7 +65,7 @@ class FMWISS:
     Args:
         context: the step and the frozen step t-1 model.
         in_channels: channels of the encoder features the teacher reads.
-        warmup_epochs: teacher-only epochs (5 in the paper, Sec. 4.2).
+        warmup_epochs: teacher-only epochs before the training epochs (5 in the paper, Sec. 4.2).
         lambda_dcl: λ, weight of L_DCL^new in Eq. 12 (0.1, Sec. 4.2, Table 5).
         tau: τ, temperature of Eq. 7 (0.1).
         points_per_class: points sampled per class present in the mini-batch for Eq. 7 (10).
@@ -81,9 +86,17 @@ class FMWISS:
             (new mIoU 0.0); see README.
         atrous_rates: rates of the teacher's ASPP (:func:`segmenter_atrous_rates` of the model).
         teacher_channels: D, width of the teacher's ASPP and embeddings (256).
+        teacher_prior: the teacher's object classes (old and new) start at this probability
+            (classifier bias log(π / (1 - π)), background bias 0), as the segmenter's new classes
+            do (``classifier_init = "prior"``). The paper does not give the teacher's
+            initialisation; with a zero bias every class starts at σ = 0.5 and the first
+            iterations only learn to push them all down: on the demo, after the 2-epoch warm-up,
+            the teacher's argmax was background on 100% of the new objects' pixels with bias 0, and
+            on 65% with the prior (then q^c of Eq. 10 at a new object is ≈ 0.1 and the student
+            learns no new class). None: bias 0.
     Raises:
         ValueError: bad hyper-parameters (negative warm-up or λ, τ ≤ 0, points < 1, α/β outside
-            [0, 1]).
+            [0, 1], teacher_prior outside (0, 1)).
     """
 
     name = "fmwiss"
@@ -93,7 +106,8 @@ class FMWISS:
     def __init__(self, context: StepContext, in_channels: int, warmup_epochs: int = 5, lambda_dcl: float = 0.1,
                  tau: float = 0.1, points_per_class: int = 10, alpha: float = 0.5, beta: float = 0.9,
                  head_lr_mult: float = 10.0, restrict_to_labels: bool = True, pasted_one_hot: bool = True,
-                 suppress_background: bool = True, atrous_rates: Sequence[int] = (6, 12, 18), teacher_channels: int = 256):
+                 suppress_background: bool = True, atrous_rates: Sequence[int] = (6, 12, 18), teacher_channels: int = 256,
+                 teacher_prior: float | None = 0.01):
         if warmup_epochs < 0 or lambda_dcl < 0:
             raise ValueError(f"warmup_epochs={warmup_epochs}, lambda_dcl={lambda_dcl}: must be ≥ 0")
         if tau <= 0 or points_per_class < 1:
@@ -101,11 +115,18 @@ class FMWISS:
         if not (0.0 <= alpha <= 1.0 and 0.0 <= beta <= 1.0):
             raise ValueError(f"alpha={alpha}, beta={beta}: must be in [0, 1]")
         self.context = context
+        if teacher_prior is not None and not 0.0 < teacher_prior < 1.0:
+            raise ValueError(f"teacher_prior={teacher_prior}: must be in (0, 1) or None")
         self.teacher = ASPPTeacher(in_channels, context.num_classes, atrous_rates, teacher_channels)
+        if teacher_prior is not None:
+            with torch.no_grad():
+                self.teacher.classifier.bias.zero_()
+                self.teacher.classifier.bias[1:] = math.log(teacher_prior / (1.0 - teacher_prior))
         self.warmup_epochs, self.lambda_dcl, self.tau = warmup_epochs, lambda_dcl, tau
         self.points_per_class, self.alpha, self.beta = points_per_class, alpha, beta
         self.head_lr_mult, self.restrict_to_labels, self.pasted_one_hot = head_lr_mult, restrict_to_labels, pasted_one_hot
         self.suppress_background = suppress_background
+        self.warmup_before_training = warmup_epochs  # run by the loop before the training epochs
 
     def modules(self) -> dict[str, nn.Module]:
         return {"teacher": self.teacher}

@@ -62,14 +62,19 @@ def add_run_arguments(parser: argparse.ArgumentParser, params_help: str) -> None
 
 
 def train_and_save(model: nn.Module, objective, dataset, train: dict, args: argparse.Namespace,
-                   device: torch.device, task: str, step: int, meta: dict, tag: str) -> list[dict]:
+                   device: torch.device, task: str, step: int, meta: dict, tag: str,
+                   warmup_epochs: int = 0) -> list[dict]:
     """Run the shared loop with the config section ``train`` (validation every ``eval_every``
-    epochs), write ``model.pt`` with ``meta`` and drop the checkpoint; returns the history."""
+    epochs), write ``model.pt`` with ``meta`` and drop the checkpoint; returns the history.
+
+    ``warmup_epochs`` run before the ``train["epochs"]`` epochs, at the constant learning rate
+    (an objective's warm-up "before training the segmentation model", FMWISS Sec. 4.2); the
+    poly decay covers the ``train["epochs"]`` epochs."""
     from pipeline.eval.evaluate import make_validator
     from pipeline.models import save_model
     from pipeline.train.loop import LoopConfig, Trainer
 
-    cfg = LoopConfig(epochs=train["epochs"], batch_size=train["batch_size"], lr=train["lr"],
+    cfg = LoopConfig(epochs=train["epochs"] + warmup_epochs, hold_epochs=warmup_epochs, batch_size=train["batch_size"], lr=train["lr"],
                      momentum=train["momentum"], weight_decay=train["weight_decay"],
                      poly_power=train["poly_power"], seed=args.seed, amp=train["amp"],
                      eval_every=train["eval_every"])

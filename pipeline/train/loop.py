@@ -13,6 +13,7 @@ a fixed seed gives the same weights bit for bit (tests/test_train_resume.py show
 from __future__ import annotations
 
 import csv
+import functools
 import hashlib
 import io
 import json
@@ -49,6 +50,9 @@ class LoopConfig:
         seed: seeds data order, augmentation and initialisation-time randomness.
         amp: mixed precision (float16 autocast + grad scaling), used on CUDA only.
         eval_every: run the validation callback every N epochs (0: only at the end, if given).
+        hold_epochs: the first N epochs keep the learning rate ``lr``; the poly decay runs over
+            the remaining ``epochs - hold_epochs`` (FMWISS warms its teacher up "before training
+            the segmentation model", Sec. 4.2; WILSON decays "then", after its warm-up, Sec. 4.3).
     """
 
     epochs: int
@@ -60,6 +64,17 @@ class LoopConfig:
     seed: int = 0
     amp: bool = True
     eval_every: int = 0
+    hold_epochs: int = 0
+
+
+def held_poly_factor(iteration: int, hold_iters: int, total_iters: int, power: float) -> float:
+    """Learning-rate factor at ``iteration`` (0-based): 1 for the first ``hold_iters``, then
+    (1 - (iteration - hold) / (total - hold)) ** power, reaching 0 at ``total_iters``
+    (torch's PolynomialLR when ``hold_iters`` = 0)."""
+    if iteration < hold_iters:
+        return 1.0
+    span = max(total_iters - hold_iters, 1)
+    return max(1.0 - (iteration - hold_iters) / span, 0.0) ** power
 
 
 class Objective(Protocol):
@@ -173,8 +188,11 @@ class Trainer:
         self.extra.to(device)
         self.optimizer = torch.optim.SGD(objective.param_groups(model, cfg.lr), lr=cfg.lr,
                                          momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-        self.scheduler = torch.optim.lr_scheduler.PolynomialLR(
-            self.optimizer, total_iters=cfg.epochs * self.iters_per_epoch, power=cfg.poly_power)
+        if not 0 <= cfg.hold_epochs <= cfg.epochs:
+            raise ValueError(f"hold_epochs={cfg.hold_epochs}: must be in [0, epochs={cfg.epochs}]")
+        hold, total = cfg.hold_epochs * self.iters_per_epoch, cfg.epochs * self.iters_per_epoch
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, functools.partial(held_poly_factor, hold_iters=hold, total_iters=total, power=cfg.poly_power))
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
         self.history: list[dict] = []
         self.start_epoch = 0

@@ -246,4 +246,5 @@ def run(args: argparse.Namespace) -> None:
                          "previous": str(args.previous)},
                    tag=fingerprint(args.method, method_cfg, train, split["ids"], file_digest(args.previous),
                                    *[file_digest(p) for p in (args.pseudo, args.coseg, args.memory) if p],
-                                   __version__))
+                                   __version__),
+                   warmup_epochs=getattr(objective, "warmup_before_training", 0))
