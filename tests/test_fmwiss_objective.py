@@ -246,3 +246,21 @@ def test_teacher_starts_at_the_prior_and_warms_up_before_the_training_epochs(ste
     assert untouched.teacher.classifier.bias.abs().max() < 1.0   # PyTorch's default uniform init
     with pytest.raises(ValueError, match="teacher_prior"):
         _objective(model, context, teacher_prior=1.0)
+
+
+def test_eq11_summed_over_classes_by_default_and_mean_on_request(step):
+    """all_bce_reduction="sum" (default, WILSON Eq. 8) is |Y^t| = 21 times the mean of Eq. 11."""
+    _, new_model, context = step
+    model = new_model().eval()
+    fmwiss = _objective(model, context, warmup_epochs=0)
+    fmwiss.teacher.eval()
+    assert fmwiss.all_bce_reduction == "sum"
+    batch = _batch()
+    with torch.no_grad():
+        out = model(batch["image"])
+        summed = fmwiss.losses(batch, out, epoch=0)["all_bce"]
+        fmwiss.all_bce_reduction = "mean"
+        mean = fmwiss.losses(batch, out, epoch=0)["all_bce"]
+    assert float(summed) == pytest.approx(21 * float(mean), rel=1e-5)
+    with pytest.raises(ValueError, match="all_bce_reduction"):
+        _objective(model, context, all_bce_reduction="max")

@@ -289,6 +289,11 @@ def test_all_class_bce_loss_by_hand():
     assert float(all_class_bce_loss(logits, q, torch.zeros(1, 2, 2, dtype=torch.bool))) == 0.0
     with pytest.raises(ValueError):
         all_class_bce_loss(logits, q[:, :3])
+    # "sum": over the classes per pixel, mean over the counted pixels (WILSON Eq. 8's normalisation)
+    expected = sum(_bce(qq[c][i], lg[c][i]) for c in range(4) for i in (1, 2)) / 2
+    _close(all_class_bce_loss(logits, q, valid, class_reduction="sum"), expected)
+    with pytest.raises(ValueError, match="class_reduction"):
+        all_class_bce_loss(logits, q, class_reduction="max")
 
 
 def test_overall_loss_terms_sum_to_eq12():

@@ -74,10 +74,11 @@ def _check_pasted(pasted: Tensor, batch: int, size: tuple[int, int], num_old: in
     return pasted
 
 
-def _mean_bce(logits: Tensor, target: Tensor, valid: Tensor | None) -> Tensor:
-    """Mean of the per-class logistic loss over channels and counted pixels (0 if none)."""
-    per_pixel = F.binary_cross_entropy_with_logits(logits, target.detach().to(logits.dtype),
-                                                   reduction="none").mean(dim=1)
+def _mean_bce(logits: Tensor, target: Tensor, valid: Tensor | None, classes: str = "mean") -> Tensor:
+    """The per-class logistic loss, reduced over channels by ``classes`` (``mean`` or ``sum``),
+    then averaged over counted pixels (0 if none)."""
+    per_class = F.binary_cross_entropy_with_logits(logits, target.detach().to(logits.dtype), reduction="none")
+    per_pixel = per_class.sum(dim=1) if classes == "sum" else per_class.mean(dim=1)
     if valid is None:
         return per_pixel.mean()
     return (per_pixel * valid).sum() / valid.sum().clamp(min=1)
@@ -389,28 +390,35 @@ def distillation_targets(teacher_logits: Tensor, old_target: Tensor, new_classes
     return torch.cat([old_q, new_q[:, num_old:]], dim=1)
 
 
-def all_class_bce_loss(student_logits: Tensor, target: Tensor, valid: Tensor | None = None) -> Tensor:
+def all_class_bce_loss(student_logits: Tensor, target: Tensor, valid: Tensor | None = None,
+                       class_reduction: str = "mean") -> Tensor:
     """Pixel-wise BCE of the segmentation model against q over every seen class, L_BCE^all
     (FMWISS Eq. 11).
 
-    -1/(|Y^t||I|) sum_i sum_{c in Y^t} [q_i^c log p_i^c + (1 - q_i^c) log(1 - p_i^c)], p = σ(f^t(x)):
-    averaged over classes, counted pixels and the batch. q is detached (the teacher is distilled
-    into the student, it does not learn from it).
+    ``class_reduction="mean"`` (Eq. 11 as printed):
+    -1/(|Y^t||I|) sum_i sum_{c in Y^t} [q_i^c log p_i^c + (1 - q_i^c) log(1 - p_i^c)], p = σ(f^t(x)),
+    averaged over classes, counted pixels and the batch. ``"sum"``: summed over classes, averaged
+    over pixels, as WILSON's Eq. 8 (on which FMWISS builds): |Y^t| times the mean, i.e. Eq. 12 with
+    L_BCE^all weighted by |Y^t|. q is detached (the teacher is distilled into the student, it does
+    not learn from it).
 
     Args:
         student_logits: (B, |Y^t|, H, W) float logits of the segmentation model.
         target: (B, |Y^t|, H, W) float q in [0, 1] (:func:`distillation_targets`).
         valid: optional (B, H, W) bool, False at void/padding pixels.
+        class_reduction: ``mean`` or ``sum`` over the |Y^t| classes.
     Returns:
         Scalar float tensor ≥ 0; 0 if no pixel is counted.
     Raises:
-        ValueError: shapes differ, not 4-D, or bad ``valid``.
+        ValueError: shapes differ, not 4-D, bad ``valid``, or an unknown ``class_reduction``.
     """
     _check_maps("student_logits", student_logits)
     if target.shape != student_logits.shape:
         raise ValueError(f"target {tuple(target.shape)} vs student_logits {tuple(student_logits.shape)}: "
                          "shapes must match")
-    return _mean_bce(student_logits, target, _check_valid(valid, student_logits))
+    if class_reduction not in ("mean", "sum"):
+        raise ValueError(f"class_reduction={class_reduction!r}: expected 'mean' (Eq. 11) or 'sum' (WILSON Eq. 8)")
+    return _mean_bce(student_logits, target, _check_valid(valid, student_logits), class_reduction)
 
 
 def overall_loss_terms(new_bce: Tensor, dcl: Tensor, old_bce: Tensor, all_bce: Tensor | None = None,

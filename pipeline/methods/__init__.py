@@ -37,6 +37,7 @@ OBJECTIVES: dict[str, Callable] = {
         cfg["points_per_class"], cfg["alpha"], cfg["beta"], cfg["head_lr_mult"],
         restrict_to_labels=cfg["restrict_to_labels"], pasted_one_hot=cfg["pasted_one_hot"],
         suppress_background=cfg["suppress_background"], teacher_prior=cfg["teacher_prior"],
+        all_bce_reduction=cfg["all_bce_reduction"],
         atrous_rates=segmenter_atrous_rates(model)),
 }
 # The offline WSSS baselines differ only in the CAM network that made their pseudo-labels.
