@@ -55,3 +55,10 @@ def test_ablation_table_has_a_column_per_changed_setting():
                              ["fmwiss_none", "none", "50.0", "20.0", "45.0"]]
     assert markdown(table).count("\n") == 4
     assert ablation_tables(runs, {}) == []  # no variant: no ablation table
+
+
+def test_ablation_table_writes_a_setting_set_to_null_as_null():
+    runs = [_run("fmwiss", "overlap", 1, 0.30), _run("fmwiss_flat", "overlap", 1, 0.0)]
+    variants = {"fmwiss_flat": {"method": "fmwiss", "changes": {"teacher_prior": None}}}
+    (table,) = ablation_tables(runs, variants)
+    assert [row[1] for row in table["rows"]] == ["default", "null"]

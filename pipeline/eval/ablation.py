@@ -17,7 +17,8 @@ from pipeline.eval.report import (MISSING, METRIC_KEYS, Run, class_range, format
 
 
 def _value(value) -> str:
-    return MISSING if value is None else str(value)
+    """A changed setting as the user wrote it in YAML (``null`` for None: "–" reads as missing)."""
+    return "null" if value is None else str(value)
 
 
 def ablation_tables(runs: Sequence[Run], variants: Mapping[str, Mapping]) -> list[dict]:
