@@ -69,14 +69,8 @@ def test_loop_holds_the_lr_for_hold_epochs_then_decays(tmp_path):
     objective = _Objective()
     cfg = LoopConfig(epochs=3, batch_size=2, lr=0.1, hold_epochs=1, poly_power=1.0, amp=False)
     trainer = Trainer(_Model(), objective, _Points(), cfg, tmp_path, torch.device("cpu"))
-    seen = []
-    original = trainer.optimizer.step
-
-    def step(*args, **kwargs):
-        seen.append(trainer.optimizer.param_groups[0]["lr"])
-        return original(*args, **kwargs)
-
-    trainer.optimizer.step = step
+    seen = []  # the lr each optimizer step uses (torch's step pre-hook, no monkeypatching)
+    trainer.optimizer.register_step_pre_hook(lambda opt, args, kwargs: seen.append(opt.param_groups[0]["lr"]))
     trainer.fit()
     # 2 iterations per epoch: 2 held at 0.1, then 1 - k/4 over the last 4 iterations
     assert seen == pytest.approx([0.1, 0.1, 0.1, 0.075, 0.05, 0.025])
