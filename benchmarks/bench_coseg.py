@@ -1,6 +1,6 @@
 """Co-segmentation throughput: batched vs one image at a time, and cache read vs recompute.
 
-Runs the ``coseg`` stage's :class:`pipeline.foundation.stage.CosegModels` (CLIP with MaskCLIP's last
+Runs the ``coseg`` stage's :class:`pipeline.foundation.compute.CosegModels` (CLIP with MaskCLIP's last
 block + SSL ViT seed attention, FMWISS Eq. 1-4) on random images of one VOC-like input shape,
 with random-init models (``pretrained: none``; same code path as real weights, so the timings of
 the forward passes are those of the architectures). Measures, in one process:
@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from pipeline.cache import CacheWriter, open_cache  # noqa: E402
 from pipeline.foundation.coseg import coseg_masks, expected_provenance, resolve_config  # noqa: E402
-from pipeline.foundation.stage import CosegModels  # noqa: E402
+from pipeline.foundation.compute import CosegModels  # noqa: E402
 from pipeline.io import write_json  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "coseg.json"

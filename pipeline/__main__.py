@@ -11,18 +11,18 @@ import importlib
 import sys
 
 STAGES: dict[str, tuple[str, str]] = {
-    "make-demo-data": ("pipeline.data.synthetic", "generate the synthetic demo dataset"),
-    "download": ("pipeline.data.download", "download PASCAL VOC 2012 + SBD (checksums verified)"),
-    "prepare-data": ("pipeline.data.prepare", "check every image/mask pair and index class presence"),
-    "splits": ("pipeline.data.splits", "incremental splits: ids and image-level labels per step"),
-    "train-base": ("pipeline.train.base", "step-0 training with pixel labels"),
-    "train-step": ("pipeline.train.step", "incremental step t >= 1 of one method (ft, joint, mib, wilson)"),
-    "memory-bank": ("pipeline.data.memory", "FMWISS memory bank: B old-class instances per class (HDF5)"),
-    "coseg": ("pipeline.foundation.stage", "FMWISS co-segmentation: CLIP initial masks + SSL seed attention (HDF5)"),
-    "train-cam": ("pipeline.wsss.train_cam", "offline WSSS baseline classifier (cam, vwe, iscam) on image labels"),
-    "pseudo-labels": ("pipeline.wsss.pseudo_labels", "hard pseudo-labels from a CAM network (HDF5) + their quality"),
-    "evaluate": ("pipeline.eval.evaluate", "confusion matrix, per-class IoU, old/new/all mIoU"),
-    "report": ("pipeline.eval.report", "tables, charts, learning curves, qualitative figures"),
+    "make-demo-data": ("pipeline.stages.make_demo_data", "generate the synthetic demo dataset"),
+    "download": ("pipeline.stages.download", "download PASCAL VOC 2012 + SBD (checksums verified)"),
+    "prepare-data": ("pipeline.stages.prepare_data", "check every image/mask pair and index class presence"),
+    "splits": ("pipeline.stages.splits", "incremental splits: ids and image-level labels per step"),
+    "train-base": ("pipeline.stages.train_base", "step-0 training with pixel labels"),
+    "train-step": ("pipeline.stages.train_step", "incremental step t >= 1 of one method"),
+    "memory-bank": ("pipeline.stages.memory_bank", "FMWISS memory bank: B old-class instances per class (HDF5)"),
+    "coseg": ("pipeline.stages.coseg", "FMWISS co-segmentation: CLIP initial masks + SSL seed attention (HDF5)"),
+    "train-cam": ("pipeline.stages.train_cam", "offline WSSS baseline classifier (cam, vwe, iscam) on image labels"),
+    "pseudo-labels": ("pipeline.stages.pseudo_labels", "hard pseudo-labels from a CAM network (HDF5) + their quality"),
+    "evaluate": ("pipeline.stages.evaluate", "confusion matrix, per-class IoU, old/new/all mIoU"),
+    "report": ("pipeline.stages.report", "tables, charts, learning curves, qualitative figures"),
 }
 
 

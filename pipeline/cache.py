@@ -24,6 +24,7 @@ import json
 import logging
 import os
 from pathlib import Path
+from collections.abc import Iterable
 from typing import Any, Iterator, Mapping
 
 import h5py
@@ -191,6 +192,20 @@ class CacheReader:
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.ids())
+
+    def require(self, ids: Iterable[str], what: str) -> None:
+        """Check that every id has an entry.
+
+        Args:
+            ids: the image ids a stage is about to read.
+            what: what an entry is, for the message (``"pseudo-label"``, ``"co-segmentation"``).
+        Raises:
+            CacheError: naming the cache, the number of missing ids and the first of them.
+        """
+        missing = [i for i in ids if i not in self]
+        if missing:
+            raise CacheError(f"{self.path}: no {what} for {len(missing)} of the {len(list(ids))} images "
+                             f"of the step, e.g. {missing[0]!r}")
 
     def get(self, image_id: str) -> dict[str, np.ndarray]:
         """All arrays of one image (as stored: float16 stays float16).

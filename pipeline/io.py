@@ -7,6 +7,7 @@ finished: the temporary file carries a ``.tmp-<pid>`` suffix that no rule declar
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -63,3 +64,16 @@ def read_json(path: str | os.PathLike) -> Any:
         return json.loads(Path(path).read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
         raise ValueError(f"{path}: not valid JSON ({err})") from err
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """Full sha256 hex digest of a file's bytes (read in 4 MiB blocks).
+
+    Raises:
+        FileNotFoundError: naming the path.
+    """
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()

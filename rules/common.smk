@@ -7,7 +7,7 @@ import sys
 from snakemake.settings.types import DeploymentMethod
 
 from pipeline.data.tasks import num_steps
-from pipeline.methods.variants import merge, resolve_method, variant_changes
+from pipeline.config import merge, resolve_method, variant_changes
 
 DATASET = config["dataset"]["name"]
 ROOT = config["dataset"]["root"]

@@ -257,7 +257,7 @@ def test_clip_source_writes_feature_resolution_scores(step1):
 
 
 def test_batched_co_segmentation_equals_one_image_at_a_time(step1):
-    from pipeline.foundation.stage import CosegModels
+    from pipeline.foundation.compute import CosegModels
 
     cfg = resolve_config(TINY_MODELS)
     models = CosegModels(cfg, [16, 17, 18, 19, 20], torch.device("cpu"))

@@ -9,9 +9,9 @@ from torch.nn import functional as F
 from torch.utils.data import Dataset
 
 from pipeline.data.classes import VOID
-from pipeline.losses.fmwiss import old_class_targets
+from pipeline.methods.fmwiss.losses import old_class_targets
 from pipeline.methods.context import StepContext
-from pipeline.methods.fmwiss import FMWISS, segmenter_atrous_rates
+from pipeline.methods.fmwiss.method import FMWISS, segmenter_atrous_rates
 from pipeline.models.segmenter import build_segmenter
 from pipeline.train.loop import LoopConfig, fit
 
@@ -200,7 +200,7 @@ def test_suppress_background_inside_new_object_masks():
     from torch import nn
 
     from pipeline.methods.context import StepContext
-    from pipeline.methods.fmwiss import FMWISS
+    from pipeline.methods.fmwiss.method import FMWISS
 
     class Old(nn.Module):  # background very sure everywhere (logit 4), one old class
         def forward(self, image):

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from pipeline.losses.fmwiss import (
+from pipeline.methods.fmwiss.losses import (
     IGNORE,
     all_class_bce_loss,
     contrastive_pixel_classes,
@@ -18,7 +18,7 @@ from pipeline.losses.fmwiss import (
     overall_loss_terms,
     sample_class_points,
 )
-from pipeline.models.teacher import ASPPTeacher
+from pipeline.methods.fmwiss.teacher import ASPPTeacher
 
 LN3 = math.log(3.0)
 

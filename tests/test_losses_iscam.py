@@ -6,7 +6,7 @@ import pytest
 import torch
 from scipy import stats
 
-from pipeline.losses.iscam import (
+from pipeline.wsss.iscam import (
     FeatureSimilarity,
     binary_cross_entropy,
     cam_probabilities,

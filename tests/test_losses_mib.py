@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from pipeline.losses.mib import unbiased_cross_entropy, unbiased_knowledge_distillation
+from pipeline.methods.mib.losses import unbiased_cross_entropy, unbiased_knowledge_distillation
 
 # 1 image, 4 classes (0 background, 1 old, 2-3 new: num_old = 2), 1x2 pixels.
 # pixel 0: exp(logits) = (1, 2, 3, 4), sum 10; pixel 1: logits (1, 0, 2, -1).

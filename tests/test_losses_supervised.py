@@ -4,7 +4,7 @@ import math
 
 import torch
 
-from pipeline.losses.supervised import pixel_binary_cross_entropy, pixel_cross_entropy
+from pipeline.methods.pixel.losses import pixel_binary_cross_entropy, pixel_cross_entropy
 
 
 def _softplus(x):

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from pipeline.losses.vwe import (
+from pipeline.wsss.vwe import (
     class_activation_maps,
     fuse_cams,
     global_average_pool,
@@ -20,7 +20,7 @@ from pipeline.losses.vwe import (
     word_probabilities,
     word_similarity,
 )
-from pipeline.models.cam import build_cam_model
+from pipeline.wsss.networks import build_cam_model
 
 # 1 image, d = 2, 1x2 pixels: pixel 0 = (3, 4), pixel 1 = (1, 0)
 FEATURES = torch.tensor([[[[3.0, 1.0]], [[4.0, 0.0]]]])

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from pipeline.losses.wilson import (
+from pipeline.methods.wilson.losses import (
     classification_loss,
     focal_penalty,
     hard_pseudo_labels,
@@ -17,7 +17,7 @@ from pipeline.losses.wilson import (
     soft_pseudo_labels,
     wilson_target,
 )
-from pipeline.models.localizer import Localizer
+from pipeline.methods.wilson.localizer import Localizer
 
 LN2, LN3 = math.log(2.0), math.log(3.0)
 

@@ -10,7 +10,7 @@ import pytest
 
 from pipeline.__main__ import main
 from pipeline.cache import CacheError, open_cache
-from pipeline.data.memory import (
+from pipeline.methods.fmwiss.memory import (
     MemoryBank,
     build_memory_bank,
     copy_paste,

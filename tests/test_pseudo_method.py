@@ -10,7 +10,7 @@ from torch import nn
 from pipeline.data.transforms import TrainTransform
 from pipeline.methods import build_objective
 from pipeline.methods.context import StepContext
-from pipeline.methods.pseudo import hard_pseudo_target
+from pipeline.methods.pseudo.method import hard_pseudo_target
 
 
 class FixedOld(nn.Module):

@@ -10,7 +10,7 @@ from pipeline.io import read_json
 from pipeline.methods import StepContext, build_objective
 from pipeline.models import build_segmenter
 from pipeline.__main__ import main
-from pipeline.train.step import training_data
+from pipeline.stages.train_step_data import training_data
 
 TRAIN = {"crop_size": 48, "scale_range": [1.0, 1.0]}
 
@@ -104,7 +104,7 @@ def test_fmwiss_data_aligns_coseg_masks_and_pasted_instances(tiny, tmp_path):
 
     import numpy as np
 
-    from pipeline.data.memory import MemoryBank
+    from pipeline.methods.fmwiss.memory import MemoryBank
     from pipeline.data.voc import load_mask
 
     root, train = tiny

@@ -165,7 +165,7 @@ def test_weak_methods_run_and_read_time_settings_do_not_rerun_coseg(tmp_path):
             quality = read_json(task / f"seed0/step{step}/pseudo/{cam}_quality.json")
             assert 0.0 <= quality["miou"] <= 1.0 and quality["n_images"] > 0
     # the step-1 bank holds the base classes and those of step 1 (from the fused masks)
-    from pipeline.data.memory import MemoryBank
+    from pipeline.methods.fmwiss.memory import MemoryBank
 
     with MemoryBank(task / "step1/memory_bank/default.h5") as bank:
         classes = set(bank.classes())

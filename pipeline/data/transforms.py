@@ -95,29 +95,42 @@ class EvalTransform:
 
     def __call__(self, sample: dict) -> dict:
         image, mask = to_tensors(sample, self.lut)
-        return {"id": sample["id"], "image": self.normalise(image).as_subclass(Tensor), "mask": mask.as_subclass(Tensor)}
+        return {"id": sample["id"], "image": self.normalise(image).as_subclass(Tensor), "gt": mask.as_subclass(Tensor)}
+
+
+#: Batch keys whose integer maps are label maps, padded with void; every other map aligned with
+#: the image (``valid``, soft masks, ``pasted``) is padded with 0 / False.
+LABEL_MAP_KEYS = ("mask", "gt", "pseudo")
 
 
 def pad_collate(samples: list[dict]) -> dict:
-    """Batch samples of different sizes: pad images with 0 and masks with void at bottom/right.
+    """Batch samples of different sizes, padding at bottom/right: the image with 0, every map aligned
+    with it (a tensor whose last two dims are the image's) with void if it is an integer label map
+    of :data:`LABEL_MAP_KEYS`, else with 0 / False.
 
-    Returns ``{"id": list[str], "image": (B, 3, H, W) float32, "mask": (B, H, W) int64,
-    "size": (B, 2) int64 original (height, width)}``; extra keys holding tensors of equal shape
-    are stacked, other extra keys are gathered in lists.
+    Returns ``{"id": list[str], "image": (B, 3, H, W) float32, "size": (B, 2) int64 original
+    (height, width), <each map key>: (B, ..., H, W)}``; other tensor keys are stacked, the rest
+    gathered in lists.
     """
     heights = [s["image"].shape[-2] for s in samples]
     widths = [s["image"].shape[-1] for s in samples]
     height, width = max(heights), max(widths)
-    images = samples[0]["image"].new_zeros((len(samples), 3, height, width))
-    masks = torch.full((len(samples), height, width), VOID, dtype=torch.long)
-    for i, s in enumerate(samples):
-        images[i, :, : heights[i], : widths[i]] = s["image"]
-        masks[i, : heights[i], : widths[i]] = s["mask"]
-    batch = {"id": [s["id"] for s in samples], "image": images, "mask": masks,
+    batch = {"id": [s["id"] for s in samples],
              "size": torch.tensor(list(zip(heights, widths)), dtype=torch.long)}
-    for key in samples[0].keys() - batch.keys():
+    for key in samples[0]:
+        if key == "id":
+            continue
         values = [s[key] for s in samples]
-        batch[key] = torch.stack(values) if isinstance(values[0], Tensor) else values
+        first = values[0]
+        if isinstance(first, Tensor) and first.ndim >= 2 and all(
+                v.shape[-2:] == (h, w) for v, h, w in zip(values, heights, widths)):
+            label_map = key in LABEL_MAP_KEYS and not first.is_floating_point() and first.dtype != torch.bool
+            stacked = first.new_full((len(samples), *first.shape[:-2], height, width), VOID if label_map else 0)
+            for i, v in enumerate(values):
+                stacked[i, ..., : heights[i], : widths[i]] = v
+            batch[key] = stacked
+        else:
+            batch[key] = torch.stack(values) if isinstance(first, Tensor) else values
     return batch
 
 

@@ -3,7 +3,7 @@ setting a variant changes, as in FMWISS Tables 3-6 (seeds N, fusion, λ, copy-pa
 
 A variant is any entry of the config's ``methods`` with a ``method: <base>`` key; the Snakemake
 report rule passes ``{variant: {"method": base, "changes": {dotted key: value}}}`` (from
-:func:`pipeline.methods.variants.variant_changes`) and this module lays the evaluated runs of
+:func:`pipeline.config.variant_changes`) and this module lays the evaluated runs of
 the final step of each task out in one table per (dataset, task, base method).
 """
 

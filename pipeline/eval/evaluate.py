@@ -10,9 +10,6 @@ multi-step tasks).
 
 from __future__ import annotations
 
-import argparse
-import csv
-import io
 import logging
 from pathlib import Path
 from typing import Iterator
@@ -24,14 +21,12 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from pipeline.data.classes import VOC_CLASSES, voc_palette
+from pipeline.data.classes import voc_palette
 from pipeline.data.tasks import eval_target_lut, seen_classes, task_steps
 from pipeline.data.transforms import EvalTransform, pad_collate
 from pipeline.eval.metrics import ConfusionMatrix, summarize
-from pipeline.io import atomic_path, read_json, write_json, write_text
-from pipeline.models import load_model
-from pipeline.train.common import set_threads, setup_logging, step_dataset, val_ids
-from pipeline.train.loop import resolve_device
+from pipeline.io import atomic_path
+from pipeline.data.datasets import step_dataset, val_ids
 
 log = logging.getLogger("pipeline.eval.evaluate")
 
@@ -60,7 +55,7 @@ def predict(model: nn.Module, dataset, device: torch.device, batch_size: int = 1
         labels = logits.argmax(dim=1).to(torch.uint8).cpu().numpy()
         for i, image_id in enumerate(batch["id"]):
             height, width = batch["size"][i].tolist()
-            yield image_id, labels[i, :height, :width], batch["mask"][i, :height, :width].numpy()
+            yield image_id, labels[i, :height, :width], batch["gt"][i, :height, :width].numpy()
 
 
 def evaluate_model(model: nn.Module, dataset, num_classes: int, device: torch.device, batch_size: int = 1,
@@ -91,54 +86,5 @@ def make_validator(data_index: str | Path, task: str, step: int, device: torch.d
     return validate
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, help="model.pt of the run to evaluate")
-    parser.add_argument("--data", required=True, help="dataset index JSON written by prepare-data")
-    parser.add_argument("--split", required=True, help="step{t}.json of the evaluated step (dataset, task, protocol)")
-    parser.add_argument("--out", required=True, help="metrics.json to write (per_class.csv beside it)")
-    parser.add_argument("--pred-dir", required=True, help="folder for the predicted VOC-palette PNGs")
-    parser.add_argument("--batch-size", type=int, default=1)
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--threads", type=int, default=0)
 
 
-def run(args: argparse.Namespace) -> None:
-    setup_logging()
-    set_threads(args.threads)
-    device = resolve_device(args.device)
-    split = read_json(args.split)
-    model, meta = load_model(args.model, device)
-    task, step = split["task"], split["step"]
-    if (meta.get("task"), meta.get("step")) != (task, step):
-        raise ValueError(f"{args.model} is a model of task {meta.get('task')} step {meta.get('step')}, "
-                         f"but {args.split} is task {task} step {step}")
-    seen, old, new = report_classes(task, step)
-    if model.num_classes != len(seen):
-        raise ValueError(f"{args.model}: {model.num_classes} outputs, expected {len(seen)} seen classes of {task} step {step}")
-    ids = val_ids(args.data)
-    dataset = step_dataset(args.data, ids, EvalTransform(eval_target_lut(task, step)))
-    log.info("evaluating %s on %d val images (%s step %d, %d classes)", args.model, len(ids), task, step, len(seen))
-    pred_dir = Path(args.pred_dir)
-    conf = evaluate_model(model, dataset, len(seen), device, args.batch_size, pred_dir)
-
-    names = [VOC_CLASSES[c] for c in seen]
-    summary = summarize(conf, seen, old, new, class_names=names)
-    index = read_json(args.data)
-    metrics = {
-        "dataset": split["dataset"], "task": task, "protocol": split["protocol"], "step": step,
-        "num_steps": len(task_steps(task)), "method": meta.get("method"), "seed": meta.get("seed", 0),
-        "seen_classes": seen, "old_classes": old, "new_classes": new, **summary,
-        "confusion_matrix": conf.tolist(), "predictions_dir": str(pred_dir.resolve()),
-        "image_root": index["root"], "mask_dir": index["mask_dir"], "val_ids": ids, "model": str(args.model),
-    }
-    out = Path(args.out)
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    writer.writerow(["class_index", "class", "iou"])
-    for index_, name in zip(seen, names):
-        iou = summary["per_class_iou"][name]
-        writer.writerow([index_, name, "" if iou is None else f"{iou:.6f}"])
-    write_text(out.with_name("per_class.csv"), buffer.getvalue())
-    write_json(out, metrics)
-    fmt = lambda v: "-" if v is None else f"{100 * v:.1f}"  # noqa: E731
-    log.info("mIoU old %s  new %s  all %s", fmt(summary["miou_old"]), fmt(summary["miou_new"]), fmt(summary["miou_all"]))

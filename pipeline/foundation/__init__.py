@@ -6,7 +6,7 @@
   seed-guided last-block attention (Eq. 4);
 * :mod:`~pipeline.foundation.coseg`: the config section, the cache provenance and everything
   applied when the cache is read (binarisation, top-K%, fusion Eq. 5, label maps);
-* :mod:`~pipeline.foundation.stage`: the ``coseg`` stage writing the HDF5 cache, its quality and
+* :mod:`~pipeline.foundation.compute`: the ``coseg`` stage writing the HDF5 cache, its quality and
   a figure; :mod:`~pipeline.foundation.figure`: that figure.
 
 Importing this package imports neither open_clip nor timm.

@@ -1,6 +1,6 @@
 """FMWISS pre-training based co-segmentation, the read-time half (Sec. 3.2, Eq. 3-5).
 
-The ``coseg`` stage (:mod:`pipeline.foundation.stage`) runs the foundation models once and caches,
+The ``coseg`` stage (:mod:`pipeline.foundation.compute`) runs the foundation models once and caches,
 per training image of a step and per labelled new class, two score maps at feature resolution:
 
 * ``clip``: the pixel-text scores ``M_init`` of Eq. 3 (cosine similarities, in [-1, 1]);

@@ -1,62 +1,52 @@
-"""Methods as objectives plugged into the shared loop (:mod:`pipeline.train.loop`).
+"""Methods: one package each (``pipeline/methods/<package>/``), found through one registry.
 
-Adding a method is one module here and one entry in :data:`OBJECTIVES`: a factory taking the
-method's config section, the :class:`StepContext` (None at step 0) and the model being trained.
+Importing this package imports no torch: :func:`method_specs` reads the torch-free spec of every
+method package (its ``__init__.py``); :func:`build_method` imports the method's class only when
+a stage trains it. Adding a method is a package here (``__init__.py`` with its spec, ``method.py``
+with the class), one config section under ``methods:`` and its schema entry
+(docs/architecture.md walks through one).
 """
 
 from __future__ import annotations
 
-from typing import Callable
+import importlib
+import pkgutil
 
-from torch import nn
+from pipeline.methods.registry import MethodSpec, build, register_method, specs
 
-from pipeline.methods.base import PixelSupervised
-from pipeline.methods.context import StepContext
-from pipeline.methods.fmwiss import FMWISS, segmenter_atrous_rates
-from pipeline.methods.mib import MiB
-from pipeline.methods.pseudo import PseudoLabelDistillation
-from pipeline.methods.variants import resolve_method
-from pipeline.methods.wilson import Wilson
+_DISCOVERED = False
 
 
-def _pixel(name: str) -> Callable:
-    return lambda cfg, context, model: PixelSupervised(cfg.get("loss", "ce"), cfg.get("head_lr_mult", 1.0), name)
+def method_specs() -> dict[str, MethodSpec]:
+    """Every method's spec by name, in table order (``order``, then name).
+
+    Imports each subpackage of :mod:`pipeline.methods` (torch-free ``__init__`` files only).
+    """
+    global _DISCOVERED
+    if not _DISCOVERED:
+        for info in pkgutil.iter_modules(__path__, prefix=__name__ + "."):
+            if info.ispkg:
+                importlib.import_module(info.name)
+        _DISCOVERED = True
+    return dict(sorted(specs().items(), key=lambda item: (item[1].order, item[0])))
 
 
-OBJECTIVES: dict[str, Callable] = {
-    "base": _pixel("base"),
-    "ft": _pixel("ft"),
-    "joint": _pixel("joint"),
-    "mib": lambda cfg, context, model: MiB(context, cfg["kd_weight"], cfg["kd_alpha"], cfg["head_lr_mult"]),
-    "wilson": lambda cfg, context, model: Wilson(
-        context, model.backbone.feature_info.channels()[-1], cfg["warmup_epochs"], cfg["alpha"],
-        cfg["focal_lambda"], cfg["focal_gamma"], cfg["ngwp_eps"], cfg.get("relaxed", False),
-        cfg["restrict_to_labels"], cfg["head_lr_mult"]),
-    "fmwiss": lambda cfg, context, model: FMWISS(
-        context, model.backbone.feature_info.channels()[-1], cfg["warmup_epochs"], cfg["lambda_dcl"], cfg["tau"],
-        cfg["points_per_class"], cfg["alpha"], cfg["beta"], cfg["head_lr_mult"],
-        restrict_to_labels=cfg["restrict_to_labels"], pasted_one_hot=cfg["pasted_one_hot"],
-        suppress_background=cfg["suppress_background"], teacher_prior=cfg["teacher_prior"],
-        all_bce_reduction=cfg["all_bce_reduction"],
-        atrous_rates=segmenter_atrous_rates(model)),
-}
-# The offline WSSS baselines differ only in the CAM network that made their pseudo-labels.
-for _cam in ("cam", "vwe", "iscam"):
-    OBJECTIVES[_cam] = (lambda name: lambda cfg, context, model: PseudoLabelDistillation(
-        name, context, cfg["head_lr_mult"]))(_cam)
-
-
-def build_objective(name: str, cfg: dict, context: StepContext | None = None, model: nn.Module | None = None):
-    """The objective of method ``name`` built from its config section.
+def method_spec(name: str) -> MethodSpec:
+    """The spec of a registered method (not a variant: resolve it first).
 
     Raises:
-        ValueError: unknown method, or an incremental method without a step context.
+        KeyError: unknown method, naming the known ones.
     """
-    if name not in OBJECTIVES:
-        raise ValueError(f"unknown method {name!r}; known: {', '.join(sorted(OBJECTIVES))}")
-    if name not in ("base", "ft", "joint") and context is None:
-        raise ValueError(f"method {name!r} runs at steps t >= 1 and needs the step context")
-    return OBJECTIVES[name](cfg, context, model)
+    table = method_specs()
+    if name not in table:
+        raise KeyError(f"unknown method {name!r}; known: {', '.join(table)}")
+    return table[name]
 
 
-__all__ = ["OBJECTIVES", "StepContext", "build_objective", "resolve_method"]
+def build_method(name: str, cfg: dict, context=None, model=None):
+    """Build method ``name`` from its config section (see :func:`pipeline.methods.registry.build`)."""
+    method_specs()
+    return build(name, cfg, context, model)
+
+
+__all__ = ["MethodSpec", "build_method", "method_spec", "method_specs", "register_method"]

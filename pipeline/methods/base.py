@@ -1,17 +1,24 @@
-"""Pixel-label objectives: step 0 (``base``), fine-tuning (``ft``) and joint training (``joint``).
+"""The method contract: :class:`Method` (every hook the loop and the step stage use, with
+defaults), :class:`OldModelMethod` (methods that learn from the frozen step t-1 model), the
+:class:`StepContext` a method gets at t >= 1 and the :class:`StepInputs` its data adapter reads.
 
-The three differ only in their data, which the stage prepares from :attr:`supervision`:
-``base`` and ``ft`` see the pixel labels of the classes of the current step (others are
-background), ``joint`` the labels of every seen class on the images of all steps so far.
+Class sets (DESIGN.md): ``old`` = object classes learned before step t (background excluded),
+``new`` = added at t, ``seen`` = background + old + new. The logits' channels are the seen classes
+in order, so channel c is class c.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
 from torch import Tensor, nn
+from torch.utils.data import Dataset
 
-from pipeline.losses.supervised import pixel_binary_cross_entropy, pixel_cross_entropy
-
-LOSSES = {"ce": pixel_cross_entropy, "bce": pixel_binary_cross_entropy}
+from pipeline.data.tasks import new_classes, seen_classes
+from pipeline.methods.registry import MethodSpec
+from pipeline.objective import Objective
 
 
 def segmenter_param_groups(model: nn.Module, lr: float, head_lr_mult: float) -> list[dict]:
@@ -23,56 +30,138 @@ def segmenter_param_groups(model: nn.Module, lr: float, head_lr_mult: float) -> 
     ]
 
 
-class PixelSupervised:
-    """Pixel-label objective: CE (DeepLabV3, MiB) or BCE (WILSON's step 0) on the batch masks.
+@dataclass
+class StepContext:
+    """The learning step t >= 1 of a task, and the frozen model of step t-1.
 
-    Args:
-        loss: ``ce`` or ``bce``.
-        head_lr_mult: learning-rate multiplier of the ASPP head and classifier over the backbone's.
-        name: the method name recorded in histories (``base``, ``ft`` or ``joint``).
+    Attributes:
+        task, step: e.g. "15-5", 1.
+        old_model: the step t-1 segmenter, frozen, in eval mode, on the training device.
+        num_old: |Y^{t-1}|, background + classes learned before t = the first channels of the logits.
+        new_classes: C^t, class indices (= channel indices) added at step t (the last channels).
+        num_classes: |Y^t| = num_old + len(new_classes).
     """
 
-    SUPERVISION = {"base": "pixel-current", "ft": "pixel-current", "joint": "pixel-seen"}
+    task: str
+    step: int
+    old_model: nn.Module
+    num_old: int
+    new_classes: list[int]
+    num_classes: int
 
-    def __init__(self, loss: str = "ce", head_lr_mult: float = 1.0, name: str = "base", context=None):
-        if loss not in LOSSES:
-            raise ValueError(f"loss={loss!r}: expected one of {sorted(LOSSES)}")
-        if name not in self.SUPERVISION:
-            raise ValueError(f"PixelSupervised serves {sorted(self.SUPERVISION)}, not {name!r}")
-        self.supervision = self.SUPERVISION[name]
-        self.name, self.loss_name, self.loss_fn, self.head_lr_mult = name, loss, LOSSES[loss], head_lr_mult
+    @classmethod
+    def build(cls, task: str, step: int, old_model: nn.Module) -> StepContext:
+        """Freeze ``old_model`` and derive the class sets of ``task`` at ``step``.
 
-    def modules(self) -> dict[str, nn.Module]:
-        return {}
-
-    def param_groups(self, model: nn.Module, lr: float) -> list[dict]:
-        return segmenter_param_groups(model, lr, self.head_lr_mult)
-
-    def losses(self, batch: dict, out: dict[str, Tensor], epoch: int) -> dict[str, Tensor]:
-        return {self.loss_name: self.loss_fn(out["out"].float(), batch["mask"])}
+        Raises:
+            ValueError: ``step`` < 1.
+        """
+        if step < 1:
+            raise ValueError(f"an incremental step is t >= 1, got {step}")
+        old_model.eval()
+        for parameter in old_model.parameters():
+            parameter.requires_grad_(False)
+        num_old = len(seen_classes(task, step - 1))
+        return cls(task, step, old_model, num_old, new_classes(task, step), len(seen_classes(task, step)))
 
 
-class OldModelObjective:
-    """Shared parts of the objectives that learn from the frozen step t-1 model (MiB, the offline
-    baselines): no extra module, the segmenter's two learning-rate groups, the old model kept in
-    eval mode, and its logits on a batch. Subclasses set ``context`` and ``head_lr_mult`` and
-    define :meth:`losses`."""
+@dataclass
+class StepInputs:
+    """What a method's data adapter (:meth:`Method.dataset`) reads to build its training set.
 
-    context = None
+    Attributes:
+        split: the ``splits`` stage's step{t}.json (ids, image-level labels, task, protocol, step).
+        data_index: path of the ``prepare-data`` index (dataset root, mask folder, class presence).
+        num_classes: |Y^t|, length of the image-label vectors.
+        train: the validated ``train_step`` section (crop_size, scale_range, ...).
+        caches: paths of the caches the method's spec ``reads`` (``pseudo``, ``coseg``, ``memory``).
+    """
+
+    split: dict
+    data_index: str
+    num_classes: int
+    train: dict
+    caches: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def task(self) -> str:
+        return self.split["task"]
+
+    @property
+    def step(self) -> int:
+        return int(self.split["step"])
+
+    def cache(self, key: str, what: str) -> str:
+        """The path of cache ``key``; ``what`` names its producer in the error.
+
+        Raises:
+            ValueError: the cache was not given.
+        """
+        if not self.caches.get(key):
+            raise ValueError(f"this method needs --{key} ({what})")
+        return self.caches[key]
+
+
+class Method(Objective):
+    """A segmentation method in the shared loop: its losses (:class:`Objective`), how its new
+    classifier channels start, what its training set yields, and how it builds itself.
+
+    Attributes:
+        spec: the registry's :class:`MethodSpec` (set by :meth:`from_config`).
+        classifier_init: ``background`` (MiB Sec. 3.4: new channels copy the background's) or
+            ``prior`` (zero weights, bias logit(0.01): sigmoid outputs start low).
+        head_lr_mult: learning-rate multiplier of the head (and extra modules) over the backbone's.
+    """
+
+    spec: MethodSpec
+    classifier_init: ClassVar[str] = "background"
     head_lr_mult: float = 1.0
 
-    def modules(self) -> dict[str, nn.Module]:
-        return {}
+    @classmethod
+    def from_config(cls, cfg: dict[str, Any], context: StepContext | None, model: nn.Module | None,
+                    spec: MethodSpec) -> Method:
+        """Build from the method's complete config section (``methods.<name>``, defaults from
+        config.yaml, validated by the schema). Default: every key is a keyword of ``__init__``;
+        ``relaxed`` (experiments.relaxed_labels) is dropped unless ``__init__`` takes it."""
+        raise NotImplementedError(f"{cls.__qualname__} defines no from_config()")
+
+    def bind(self, spec: MethodSpec) -> Method:
+        """Attach the registry spec; the recorded name is the spec's."""
+        self.spec, self.name = spec, spec.name
+        return self
 
     def param_groups(self, model: nn.Module, lr: float) -> list[dict]:
-        return segmenter_param_groups(model, lr, self.head_lr_mult)
+        """The segmenter's two groups (:func:`segmenter_param_groups`) plus every extra module at
+        the head's learning rate."""
+        groups = segmenter_param_groups(model, lr, self.head_lr_mult)
+        for module in self.modules().values():
+            groups.append({"params": list(module.parameters()), "lr": lr * self.head_lr_mult})
+        return groups
+
+    def dataset(self, inputs: StepInputs) -> Dataset:
+        """The step's training set as this method sees it (its data adapter).
+
+        Default: pixel labels of the step's classes on the step's images (``gt``; classes of other
+        steps are background, MiB's setting).
+        """
+        from pipeline.data.datasets import pixel_dataset
+
+        return pixel_dataset(inputs.data_index, inputs.split["ids"], inputs.train, inputs.task, inputs.step)
+
+
+class OldModelMethod(Method):
+    """A method that learns from the frozen step t-1 model: keeps it in eval mode and gives its
+    logits on a batch."""
+
+    context: StepContext
 
     def on_epoch_start(self, epoch: int, model: nn.Module) -> None:
         self.context.old_model.eval()
 
     def old_logits(self, image: Tensor) -> Tensor:
         """(B, |Y^{t-1}|, H, W) float32 logits of the old model on ``image``, without gradient."""
-        import torch
-
         with torch.no_grad():
             return self.context.old_model(image)["out"].float()
+
+
+__all__ = ["Method", "OldModelMethod", "StepContext", "StepInputs", "segmenter_param_groups"]

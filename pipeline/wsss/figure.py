@@ -95,7 +95,7 @@ def save_pseudo_label_figure(path: str | Path, cache: str | Path, provenance: Ma
     Raises:
         CacheError: the cache is missing or stale.
     """
-    from pipeline.train.common import step_dataset
+    from pipeline.data.datasets import step_dataset
     from pipeline.wsss.pseudo_labels import read_pseudo_label
 
     ids = list(split["ids"])[: max(1, n_images)]

@@ -1,7 +1,7 @@
 """The offline WSSS baselines as objectives of the shared training loop (:mod:`pipeline.train.loop`).
 
 Each objective reads the batch's ``labels`` (B, K) multi-hot over the step's new classes (channel
-k = ``new_classes[k]``) and the network's output dict (:mod:`pipeline.models.cam`); the loop owns
+k = ``new_classes[k]``) and the network's output dict (:mod:`pipeline.wsss.networks`); the loop owns
 the device, AMP, optimiser, schedule and checkpoints.
 
 - ``cam``: multi-label soft-margin loss on the GAP logits (EPS' ``train_cls``; VWE Eq. 8 form).
@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from pipeline.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from pipeline.losses.iscam import (
+from pipeline.wsss.iscam import (
     FeatureSimilarity,
     binary_cross_entropy,
     classification_loss,
@@ -25,7 +25,7 @@ from pipeline.losses.iscam import (
     max_pool_prediction,
     sampled_prediction,
 )
-from pipeline.losses.vwe import multilabel_soft_margin_loss, vwe_loss
+from pipeline.wsss.vwe import multilabel_soft_margin_loss, vwe_loss
 
 
 def cam_param_groups(model: nn.Module, lr: float, head_lr_mult: float) -> list[dict]:
@@ -102,7 +102,7 @@ class IsCamObjective(CamObjective):
             neighbouring pixels with different predictions (on the demo data μ went 2.5 → 5.8
             and the pseudo-label mIoU collapsed).
         normalisation: ``pairs`` (Eq. 6 as printed) or ``pixels`` (authors' code), see
-            :func:`pipeline.losses.iscam.feature_similarity_loss`.
+            :func:`pipeline.wsss.iscam.feature_similarity_loss`.
         head_lr_mult: learning-rate multiplier of the classifier (and of σ, μ when learned).
     """
 

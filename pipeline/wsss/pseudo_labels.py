@@ -32,7 +32,6 @@ if >= 1, else a fraction of the image diagonal; default 0.008, the DAVIS value o
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import logging
 import sys
@@ -49,10 +48,8 @@ from pipeline import __version__
 from pipeline.cache import CacheError, CacheReader, CacheWriter, open_cache
 from pipeline.data.transforms import EvalTransform
 from pipeline.data.voc import load_mask, resolve_mask_dir
-from pipeline.io import read_json, write_json
-from pipeline.models.cam import load_cam_model
-from pipeline.train.common import parse_params, set_threads, setup_logging, step_dataset
-from pipeline.train.loop import resolve_device
+from pipeline.io import read_json
+from pipeline.data.datasets import step_dataset
 
 log = logging.getLogger("pipeline.wsss.pseudo_labels")
 
@@ -74,7 +71,7 @@ def multiscale_cams(net: nn.Module, image: Tensor, scales: Sequence[float] = (1.
     (``net.feature_size(H, W)``), flipped copies flipped back, then all are averaged.
 
     Args:
-        net: a CAM network in eval mode (:mod:`pipeline.models.cam`).
+        net: a CAM network in eval mode (:mod:`pipeline.wsss.networks`).
         image: (1, 3, H, W) or (3, H, W) float, ImageNet-normalised, on the network's device.
         scales: resize factors (> 0); a copy is resized bilinearly (antialiased when shrinking).
         flip: also run the horizontal flip of every copy.
@@ -265,15 +262,6 @@ def read_pseudo_label(reader: CacheReader, image_id: str) -> np.ndarray:
 # --- stage --------------------------------------------------------------------------------------
 
 
-def check_model_matches(meta: dict, model_path: str, cam: str, split: Mapping, split_path: str) -> None:
-    """Raise ValueError if ``model.pt`` is not ``cam``'s network for this task, protocol and step."""
-    if meta.get("cam") != cam:
-        raise ValueError(f"{model_path} is a {meta.get('cam')!r} network, --cam is {cam!r}")
-    mine = (meta.get("task"), meta.get("protocol"), meta.get("step"), [int(c) for c in meta.get("new_classes", [])])
-    theirs = (split["task"], split["protocol"], split["step"], [int(c) for c in split["new_classes"]])
-    if mine != theirs:
-        raise ValueError(f"{model_path} was trained for task/protocol/step/new classes {mine}, "
-                         f"{split_path} is {theirs}")
 
 
 def write_cache(net: nn.Module, split: dict, data_index: str, out: str | Path, provenance: dict, cam_cfg: Mapping,
@@ -307,53 +295,8 @@ def measure_quality(out: str | Path, provenance: dict, split: dict, data_index: 
     return quality.result()
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--cam", required=True, choices=("cam", "vwe", "iscam"), help="WSSS baseline")
-    parser.add_argument("--model", required=True, help="model.pt written by train-cam")
-    parser.add_argument("--split", required=True, help="step{t}.json written by the splits stage")
-    parser.add_argument("--data", required=True, help="dataset index JSON written by prepare-data")
-    parser.add_argument("--params", required=True,
-                        help='JSON: {"cam": {...}[, "quality": {"contour_tolerance": t}]} (config wsss.<cam>)')
-    parser.add_argument("--out", required=True, help="HDF5 cache to write (pseudo/<cam>.h5)")
-    parser.add_argument("--quality", required=True, help="quality JSON to write (mIoU, contour F-score)")
-    parser.add_argument("--figure", required=True, help="PNG of a few examples to write")
-    parser.add_argument("--figure-images", type=int, default=4, help="images in the figure")
-    parser.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
-    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
 
 
-def run(args: argparse.Namespace) -> None:
-    from pipeline.wsss.figure import save_pseudo_label_figure
-
-    setup_logging()
-    set_threads(args.threads)
-    params = parse_params(args.params)
-    if "cam" not in params:
-        raise ValueError('--params: missing section "cam" (config wsss.<cam>)')
-    cam_cfg, quality_cfg = params["cam"], params.get("quality", {})
-    missing = [key for key in INFERENCE_KEYS if key not in cam_cfg] + (
-        ["threshold"] if args.cam != "iscam" and cam_cfg.get("threshold") is None else [])
-    if missing:
-        raise ValueError(f"wsss.{args.cam}: missing key(s) {', '.join(missing)}")
-    split = read_json(args.split)
-    device = resolve_device(args.device)
-
-    net, meta = load_cam_model(args.model, device)
-    check_model_matches(meta, args.model, args.cam, split, args.split)
-    provenance = expected_provenance(args.cam, args.model, split, cam_cfg)
-    log.info("%s: %d images of %s %s step %d, scales %s, flip %s, device %s", args.cam, len(split["ids"]),
-             split["task"], split["protocol"], split["step"], cam_cfg["scales"], cam_cfg["flip"], device)
-    write_cache(net, split, args.data, args.out, provenance, cam_cfg, device)
-
-    tolerance = quality_cfg.get("contour_tolerance", DEFAULT_CONTOUR_TOLERANCE)
-    result = measure_quality(args.out, provenance, split, args.data, tolerance)
-    write_json(args.quality, {"cam": args.cam, "task": split["task"], "protocol": split["protocol"],
-                              "step": split["step"], "classes": [0, *split["new_classes"]],
-                              "contour_tolerance": tolerance, **result})
-    log.info("pseudo-label quality: mIoU %s, contour F %s over %d images", result["miou"], result["contour_f"],
-             result["n_images"])
-    save_pseudo_label_figure(args.figure, args.out, provenance, split, args.data, args.figure_images)
-    log.info("wrote %s, %s, %s", args.out, args.quality, args.figure)
 
 
 __all__ = ["condition_on_labels", "expected_provenance", "image_pseudo_label", "multiscale_cams", "normalise_cams",

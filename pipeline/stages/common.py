@@ -7,11 +7,8 @@ import json
 import logging
 import sys
 from pathlib import Path
-
 import torch
 from torch import nn
-
-from pipeline.data.voc import VOCSegmentation
 from pipeline.io import read_json
 
 
@@ -36,17 +33,6 @@ def set_threads(threads: int) -> None:
     """Limit torch's CPU threads to what the scheduler gave the job (``threads`` ≤ 0: leave as is)."""
     if threads > 0:
         torch.set_num_threads(threads)
-
-
-def step_dataset(data_index: str | Path, ids: list[str], transform) -> VOCSegmentation:
-    """A :class:`VOCSegmentation` over ``ids`` of the dataset described by a prepare-data index."""
-    index = read_json(data_index)
-    return VOCSegmentation(index["root"], ids, mask_dir=index["mask_dir"], transform=transform)
-
-
-def val_ids(data_index: str | Path) -> list[str]:
-    """The validation ids listed in a prepare-data index."""
-    return list(read_json(data_index)["splits"]["val"])
 
 
 def add_run_arguments(parser: argparse.ArgumentParser, params_help: str) -> None:
@@ -93,9 +79,9 @@ def train_and_save(model: nn.Module, objective, dataset, train: dict, args: argp
 
 def start_run(args: argparse.Namespace) -> tuple[dict, dict, torch.device]:
     """Prologue of a training stage: logging, CPU threads, ``--params``, the split, the device."""
-    from pipeline.io import read_json
     from pipeline.train.loop import resolve_device
 
     setup_logging()
     set_threads(args.threads)
     return parse_params(args.params), read_json(args.split), resolve_device(args.device)
+

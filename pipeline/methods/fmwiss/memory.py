@@ -43,10 +43,7 @@ instances per class) and ``candidates`` (candidate instances per class).
 
 from __future__ import annotations
 
-import argparse
-import concurrent.futures
 import hashlib
-import json
 import logging
 import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -58,7 +55,7 @@ from PIL import Image
 from scipy import ndimage
 
 from pipeline.cache import CacheError, CacheWriter, open_cache
-from pipeline.data.classes import BACKGROUND, VOC_CLASSES, VOID
+from pipeline.data.classes import VOC_CLASSES, VOID
 
 log = logging.getLogger(__name__)
 
@@ -474,130 +471,14 @@ def stage_params(params: Mapping) -> dict:
     return merged
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options of ``python -m pipeline memory-bank``."""
-    parser.add_argument("--split", required=True,
-                        help="step{t}.json written by the splits stage (step 0, or t >= 1 with --previous)")
-    parser.add_argument("--data", required=True, help="dataset index JSON written by prepare-data")
-    parser.add_argument("--params", default="{}",
-                        help='JSON {"per_class": B, "min_area": pixels, "seed": int} (defaults '
-                             f'{json.dumps(DEFAULT_PARAMS)})')
-    parser.add_argument("--out", required=True, help="memory_bank .h5 to write")
-    parser.add_argument("--previous", help="step t >= 1: the bank of step t-1, to extend with the classes of step t")
-    parser.add_argument("--coseg", help="step t >= 1: the step's co-segmentation cache (.h5), whose fused "
-                                        "masks give the new-class instances")
-    parser.add_argument("--coseg-params", default="{}",
-                        help="step t >= 1: JSON coseg config section the cache is read with")
-    parser.add_argument("--threads", type=int, default=0, help="image-loading threads (0: load in this thread)")
-    parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
 
 
-def _ordered_map(fn, n: int, threads: int) -> Iterator:
-    """``fn(0), ..., fn(n-1)`` in order; ``threads > 0``: computed ahead in a thread pool
-    (a bounded window, so a big split is never held in memory at once)."""
-    if threads <= 0:
-        yield from map(fn, range(n))
-        return
-    with concurrent.futures.ThreadPoolExecutor(threads) as pool:
-        window = 4 * threads
-        futures = {i: pool.submit(fn, i) for i in range(min(window, n))}
-        for i in range(n):
-            if i + window < n:
-                futures[i + window] = pool.submit(fn, i + window)
-            yield futures.pop(i).result()
 
 
-def _ground_truth_sources(data: str, ids: list[str], threads: int) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
-    """``(id, image, ground-truth mask)`` of each id (step 0: pixel labels are available)."""
-    from pipeline.train.common import step_dataset
-
-    dataset = step_dataset(data, ids, transform=None)
-
-    def item(i: int) -> tuple[str, np.ndarray, np.ndarray]:
-        sample = dataset[i]
-        return sample["id"], sample["image"], sample["mask"]
-
-    return _ordered_map(item, len(ids), threads)
 
 
-def _coseg_sources(data: str, ids: list[str], reader, cfg: Mapping, threads: int
-                   ) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
-    """``(id, image, fused co-segmentation label map)`` of each id (step t >= 1: no pixel labels;
-    FMWISS Eq. 5 masks, overlaps resolved by the CLIP score, :func:`coseg_label_maps`)."""
-    from pipeline.data.voc import IMAGE_DIR, load_image
-    from pipeline.foundation.coseg import coseg_label_maps
-    from pipeline.io import read_json
-
-    root = Path(read_json(data)["root"])
-    missing = [i for i in ids if i not in reader]
-    if missing:
-        raise CacheError(f"{reader.path}: no co-segmentation for {len(missing)} images of the split, "
-                         f"e.g. {missing[0]!r}")
-    images = _ordered_map(lambda i: load_image(root / IMAGE_DIR / f"{ids[i]}.jpg", ids[i]), len(ids), threads)
-    for image_id, image in zip(ids, images):
-        yield image_id, image, coseg_label_maps(reader.get(image_id), cfg, image.shape[:2])["fused"]
 
 
-def run(args: argparse.Namespace) -> None:
-    """Build the bank of a step (module docstring).
-
-    Step 0: B instances per base class from the ground truth of the step-0 training images.
-    Step t >= 1 (``--previous``, ``--coseg``): the bank of step t-1 plus B instances per new class
-    of step t cut from the step's fused co-segmentation masks (:func:`extend_memory_bank`).
-
-    Raises:
-        ValueError: bad ``--params``, a file that is not a split, or options that do not match
-            the split's step (names them).
-        CacheError: a missing or stale previous bank or coseg cache.
-    """
-    from tqdm import tqdm
-
-    from pipeline import __version__
-    from pipeline.io import read_json
-    from pipeline.train.common import parse_params, setup_logging
-
-    setup_logging()
-    params = stage_params(parse_params(args.params))
-    split = read_json(args.split)
-    missing = [key for key in ("step", "ids", "seen_classes", "new_classes") if key not in split]
-    if missing:
-        raise ValueError(f"{args.split}: not a split JSON, key {missing[0]!r} missing")
-    step, ids = int(split["step"]), list(split["ids"])
-    provenance = {"task": split.get("task"), "protocol": split.get("protocol"), "step": step,
-                  "split_ids_sha256": ids_digest(ids), "code_version": __version__}
-    common = dict(per_class=params["per_class"], seed=params["seed"], min_area=params["min_area"])
-    if step == 0:
-        if args.previous or args.coseg:
-            raise ValueError(f"{args.split}: step 0 builds a new bank from pixel labels; "
-                             "--previous/--coseg are for steps t >= 1")
-        classes = [c for c in split["seen_classes"] if c != BACKGROUND]
-        log.info("memory bank of %d classes from the ground truth of %d images of %s: B=%d, min_area=%d, seed=%d",
-                 len(classes), len(ids), args.split, params["per_class"], params["min_area"], params["seed"])
-        sources = tqdm(_ground_truth_sources(args.data, ids, args.threads), total=len(ids), desc="memory bank",
-                       unit="img", disable=not args.progress, mininterval=1.0)
-        counts = build_memory_bank(args.out, sources, classes, provenance={**provenance, "source": "ground_truth"},
-                                   **common)
-    else:
-        if not args.previous or not args.coseg:
-            raise ValueError(f"{args.split}: step {step} has no pixel labels; give --previous (the bank of step "
-                             f"{step - 1}) and --coseg (the step's co-segmentation cache)")
-        from pipeline.foundation.coseg import (
-            READ_TIME_KEYS,
-            expected_provenance,
-            resolve_config,
-        )
-
-        cfg = resolve_config(parse_params(args.coseg_params))
-        classes = [c for c in split["new_classes"] if c != BACKGROUND]
-        log.info("memory bank: %s + %d classes of step %d from %s: B=%d, min_area=%d, seed=%d", args.previous,
-                 len(classes), step, args.coseg, params["per_class"], params["min_area"], params["seed"])
-        with open_cache(args.coseg, expected_provenance(cfg)) as reader:
-            provenance.update({"source": "coseg", "coseg_provenance": reader.provenance,
-                               "coseg_read": {key: cfg[key] for key in READ_TIME_KEYS}})
-            sources = tqdm(_coseg_sources(args.data, ids, reader, cfg, args.threads), total=len(ids),
-                           desc="memory bank", unit="img", disable=not args.progress, mininterval=1.0)
-            counts = extend_memory_bank(args.previous, args.out, sources, classes, provenance=provenance, **common)
-    log.info("wrote %s: %d instances of %d classes", args.out, sum(counts.values()), len(counts))
 
 
 __all__ = ["DEFAULT_PARAMS", "MemoryBank", "build_memory_bank", "copy_paste", "extend_memory_bank",

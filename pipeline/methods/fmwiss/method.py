@@ -14,7 +14,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from pipeline.data.classes import VOID
-from pipeline.losses.fmwiss import (
+from pipeline.methods.fmwiss.losses import (
     all_class_bce_loss,
     contrastive_pixel_classes,
     dense_contrastive_loss,
@@ -28,7 +28,7 @@ from pipeline.losses.fmwiss import (
 )
 from pipeline.methods.base import segmenter_param_groups
 from pipeline.methods.context import StepContext
-from pipeline.models.teacher import ASPPTeacher
+from pipeline.methods.fmwiss.teacher import ASPPTeacher
 
 
 def segmenter_atrous_rates(model: nn.Module) -> list[int]:

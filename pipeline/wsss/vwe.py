@@ -6,7 +6,7 @@ learnable codebook of k visual words, ``P`` the word probabilities of every pixe
 S and P as (hw × k) matrices per image; here they are kept as maps (B, k, h, w), word j in channel
 j, which is the same matrix transposed and reshaped.
 
-Data flow of one training batch (the network composes these, :mod:`pipeline.models.cam`):
+Data flow of one training batch (the network composes these, :mod:`pipeline.wsss.networks`):
 
 - ``F`` → ``word_similarity`` (Eq. 1) → ``word_probabilities`` (Eq. 2) → ``word_labels`` (Eq. 3)
   and ``word_frequency`` (Eq. 4);

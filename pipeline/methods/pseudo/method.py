@@ -16,7 +16,7 @@ from torch import Tensor
 from torch.nn import functional as F
 
 from pipeline.data.classes import VOID
-from pipeline.losses.wilson import segmentation_loss, wilson_target
+from pipeline.methods.wilson.losses import segmentation_loss, wilson_target
 from pipeline.methods.base import OldModelObjective
 from pipeline.methods.context import StepContext
 

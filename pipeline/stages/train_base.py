@@ -7,18 +7,19 @@ from __future__ import annotations
 import argparse
 import logging
 import math
-
 import torch
-
 from pipeline.data.tasks import pixel_target_lut, task_steps
 from pipeline.data.transforms import TrainTransform
 from pipeline.methods import build_objective
 from pipeline.models import build_segmenter
-from pipeline.train.common import add_run_arguments, start_run, step_dataset, train_and_save
+from pipeline.stages.common import add_run_arguments, start_run, train_and_save
+from pipeline.data.datasets import step_dataset
 from pipeline import __version__
 from pipeline.train.loop import fingerprint, seed_everything
 
-log = logging.getLogger("pipeline.train.base")
+
+log = logging.getLogger("pipeline.stages.train_base")
+
 
 #: Initial probability of every class under the BCE loss (Lin et al., "Focal Loss for Dense Object
 #: Detection", ICCV 2017, Sec. 4.1): sigmoids start near 0 instead of 0.5, so the first iterations
@@ -57,3 +58,4 @@ def run(args: argparse.Namespace) -> None:
                    meta={"model": model_cfg, "task": task, "protocol": split["protocol"], "step": 0,
                          "method": "base", "seen_classes": split["seen_classes"]},
                    tag=fingerprint(model_cfg, train, split["ids"], PRIOR, __version__))
+

@@ -5,7 +5,7 @@ Notation (paper Sec. 3): Y^t are the classes seen at step t (channel 0 backgroun
 classes, then the new classes C^t as the last channels, the order of
 :class:`pipeline.models.segmenter.IncrementalClassifier`); Y^{t-1} = the first ``num_old``
 channels (background + old classes). ``T`` are the logits of the plug-in ASPP teacher
-(:class:`pipeline.models.teacher.ASPPTeacher`), ``f^{t-1}`` the frozen model of step t-1, ``f^t``
+(:class:`pipeline.methods.fmwiss.teacher.ASPPTeacher`), ``f^{t-1}`` the frozen model of step t-1, ``f^t``
 the segmentation model being trained (the student). ``M_refine`` (``pseudo``) are the fused
 co-segmentation masks of the new classes (Eq. 5), one {0, 1} channel per new class. ``|I|`` is
 the number of counted pixels (void/padding pixels are not counted), g = σ the logistic function.

@@ -10,7 +10,7 @@ classes, channel k = ``new_classes[k]`` (labels of old classes, present in WILSO
 setting, are ignored: the network learns the new classes only).
 
 Training runs in the shared loop with the baseline's objective (:mod:`pipeline.wsss.objectives`);
-writes ``model.pt`` (weights + the metadata :func:`pipeline.models.cam.load_cam_model` needs) and
+writes ``model.pt`` (weights + the metadata :func:`pipeline.wsss.networks.load_cam_model` needs) and
 ``history.csv`` in ``--outdir`` and resumes from ``checkpoint.pt`` there.
 
 ``--params``: ``{"train": <train_cam>, "cam": <wsss.<cam>>}``; ``train`` is either the whole
@@ -23,16 +23,18 @@ from __future__ import annotations
 import argparse
 import logging
 from pathlib import Path
-
 from pipeline import __version__
 from pipeline.data.transforms import TrainTransform
-from pipeline.models.cam import build_cam_model, save_cam_model
-from pipeline.train.common import add_run_arguments, start_run, step_dataset
+from pipeline.wsss.networks import build_cam_model, save_cam_model
+from pipeline.stages.common import add_run_arguments, start_run
+from pipeline.data.datasets import step_dataset
 from pipeline.train.loop import LoopConfig, Trainer, fingerprint, seed_everything
-from pipeline.train.step import BLANK_LUT, WithImageLabels
+from pipeline.data.datasets import BLANK_LUT, WithImageLabels
 from pipeline.wsss.objectives import build_cam_objective
 
-log = logging.getLogger("pipeline.wsss.train_cam")
+
+log = logging.getLogger("pipeline.stages.train_cam")
+
 
 #: Keys of a ``train_cam.<cam>`` section.
 TRAIN_KEYS = ("epochs", "batch_size", "lr", "head_lr_mult", "momentum", "weight_decay", "poly_power",
@@ -84,7 +86,7 @@ def train_cam_and_save(net, objective, dataset, train: dict, args: argparse.Name
     """Run the shared loop (no validation pass), write ``model.pt`` with ``meta`` (and the learned
     loss parameters of the objective, if any) and drop the checkpoint; returns the history.
 
-    The CAM counterpart of :func:`pipeline.train.common.train_and_save`, which saves Segmenters.
+    The CAM counterpart of :func:`pipeline.stages.common.train_and_save`, which saves Segmenters.
     """
     cfg = LoopConfig(epochs=int(train["epochs"]), batch_size=int(train["batch_size"]), lr=float(train["lr"]),
                      momentum=float(train["momentum"]), weight_decay=float(train["weight_decay"]),
@@ -126,3 +128,4 @@ def run(args: argparse.Namespace) -> None:
         meta={"cam_cfg": cam_cfg, "task": task, "protocol": split["protocol"], "step": step,
               "new_classes": split["new_classes"], "version": __version__},
         tag=fingerprint(args.cam, cam_cfg, train, split["ids"], split["labels"], __version__))
+

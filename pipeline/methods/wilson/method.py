@@ -10,7 +10,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from pipeline.data.classes import VOID
-from pipeline.losses.wilson import (
+from pipeline.methods.wilson.losses import (
     classification_loss,
     localization_prior_loss,
     restrict_to_image_labels,
@@ -20,7 +20,7 @@ from pipeline.losses.wilson import (
 )
 from pipeline.methods.base import segmenter_param_groups
 from pipeline.methods.context import StepContext
-from pipeline.models.localizer import Localizer
+from pipeline.methods.wilson.localizer import Localizer
 
 
 class Wilson:

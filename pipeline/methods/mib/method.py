@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from pipeline.losses.mib import unbiased_cross_entropy, unbiased_knowledge_distillation
+from pipeline.methods.mib.losses import unbiased_cross_entropy, unbiased_knowledge_distillation
 from pipeline.methods.base import OldModelObjective
 from pipeline.methods.context import StepContext
 

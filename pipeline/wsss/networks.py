@@ -9,9 +9,9 @@ every network here is the split's ``new_classes[k]``.
   classifier weights applied to the feature map (Zhou et al. CVPR 2016). Dropout before the
   classifier as in EPS' ``resnet38_cls`` (the implementation WILSON used for its CAM baseline).
 - ``vwe`` (:class:`VweNet`): visual word encoder + hybrid spatial pyramid pooling (Ru et al.
-  IJCAI 2021, Eq. 1-12; :mod:`pipeline.losses.vwe`).
+  IJCAI 2021, Eq. 1-12; :mod:`pipeline.wsss.vwe`).
 - ``iscam`` (:class:`IsCamNet`): softmax CAMs over background + K classes (Jonnarth and Felsberg,
-  ICASSP 2022, Eq. 1; :mod:`pipeline.losses.iscam`).
+  ICASSP 2022, Eq. 1; :mod:`pipeline.wsss.iscam`).
 
 Every network maps (B, 3, H, W) ImageNet-normalised float images to a dict in ``forward`` (what
 its objective needs) and has ``cams(image)`` → (B, C, h, w) float ≥ 0 at feature resolution
@@ -35,8 +35,8 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from pipeline.io import atomic_path
-from pipeline.losses.iscam import cam_probabilities
-from pipeline.losses.vwe import (
+from pipeline.wsss.iscam import cam_probabilities
+from pipeline.wsss.vwe import (
     class_activation_maps,
     fuse_cams,
     global_average_pool,

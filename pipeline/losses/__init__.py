@@ -1,1 +1,0 @@
-"""Losses, one module per paper; every function cites the equation it implements."""

@@ -1,0 +1,102 @@
+"""Stage ``pseudo-labels``: hard pseudo-labels of step t from a trained CAM network (WILSON
+Sec. 4.2: "we generate the hard pseudo-labels offline"), their quality and an example figure.
+
+For every training image of ``step{t}.json``:
+
+1. CAMs at several scales and their horizontal flips (EPS, ISCAM and VWE/IRNet inference: scales
+   {0.5, 1, 1.5, 2} + flip), each resized (bilinear) to the feature grid of scale 1,
+   h × w = ceil(H / output_stride) × ceil(W / output_stride), and averaged (:func:`multiscale_cams`).
+2. Restricted to the image's labelled new classes (unlabelled channels are zeroed):
+   ``cam``/``vwe``: each labelled map divided by its maximum (+1e-5) → [0, 1] (EPS/IRNet
+   ``norm_cam``; :func:`normalise_cams`); ``iscam``: the softmax probabilities of background +
+   labelled classes renormalised to sum to 1 (the authors' ``label_cond``; :func:`condition_on_labels`).
+3. Hard label at image resolution (:func:`pseudo_label`): the scores are resized (bilinear) to
+   H × W and each pixel takes the argmax of [background, labelled classes], where the background
+   score is the constant ``threshold`` (``cam``, ``vwe``) or the conditioned background
+   probability (``iscam``). Values: 0 background or a new class id; no pixel is left
+   unlabelled (255 is never written: no uncertainty band).
+
+Cache (:mod:`pipeline.cache`, one group per image id): ``label`` (H, W) uint8, ``cams`` (K, h, w)
+float16 (the step-2 scores of the K new classes, channel k = ``new_classes[k]``, zero for
+unlabelled classes), for ``iscam`` also ``background`` (h, w) float16; image attribute ``classes``
+(labelled new classes). Provenance: :func:`expected_provenance`. A killed run resumes where it
+stopped (:attr:`pipeline.cache.CacheWriter.done`). Consumers read with :func:`read_pseudo_label`.
+
+Quality (``--quality`` JSON): region mIoU and contour F-score (paper 003, Sec. 4.1) of the labels
+against the ground truth of the step's training images, over background + the step's new classes
+(:class:`pipeline.eval.quality.MaskQuality`; other classes of the ground truth count as background).
+
+``--params``: ``{"cam": <wsss.<cam>>}``, optionally ``"quality": {"contour_tolerance": t}`` (pixels
+if >= 1, else a fraction of the image diagonal; default 0.008, the DAVIS value of paper 003).
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Mapping
+from pipeline.io import read_json, write_json
+from pipeline.wsss.networks import load_cam_model
+from pipeline.stages.common import parse_params, set_threads, setup_logging
+from pipeline.train.loop import resolve_device
+from pipeline.wsss.pseudo_labels import (log, INFERENCE_KEYS, DEFAULT_CONTOUR_TOLERANCE, expected_provenance, write_cache, measure_quality)
+
+
+def check_model_matches(meta: dict, model_path: str, cam: str, split: Mapping, split_path: str) -> None:
+    """Raise ValueError if ``model.pt`` is not ``cam``'s network for this task, protocol and step."""
+    if meta.get("cam") != cam:
+        raise ValueError(f"{model_path} is a {meta.get('cam')!r} network, --cam is {cam!r}")
+    mine = (meta.get("task"), meta.get("protocol"), meta.get("step"), [int(c) for c in meta.get("new_classes", [])])
+    theirs = (split["task"], split["protocol"], split["step"], [int(c) for c in split["new_classes"]])
+    if mine != theirs:
+        raise ValueError(f"{model_path} was trained for task/protocol/step/new classes {mine}, "
+                         f"{split_path} is {theirs}")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--cam", required=True, choices=("cam", "vwe", "iscam"), help="WSSS baseline")
+    parser.add_argument("--model", required=True, help="model.pt written by train-cam")
+    parser.add_argument("--split", required=True, help="step{t}.json written by the splits stage")
+    parser.add_argument("--data", required=True, help="dataset index JSON written by prepare-data")
+    parser.add_argument("--params", required=True,
+                        help='JSON: {"cam": {...}[, "quality": {"contour_tolerance": t}]} (config wsss.<cam>)')
+    parser.add_argument("--out", required=True, help="HDF5 cache to write (pseudo/<cam>.h5)")
+    parser.add_argument("--quality", required=True, help="quality JSON to write (mIoU, contour F-score)")
+    parser.add_argument("--figure", required=True, help="PNG of a few examples to write")
+    parser.add_argument("--figure-images", type=int, default=4, help="images in the figure")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
+
+
+def run(args: argparse.Namespace) -> None:
+    from pipeline.wsss.figure import save_pseudo_label_figure
+
+    setup_logging()
+    set_threads(args.threads)
+    params = parse_params(args.params)
+    if "cam" not in params:
+        raise ValueError('--params: missing section "cam" (config wsss.<cam>)')
+    cam_cfg, quality_cfg = params["cam"], params.get("quality", {})
+    missing = [key for key in INFERENCE_KEYS if key not in cam_cfg] + (
+        ["threshold"] if args.cam != "iscam" and cam_cfg.get("threshold") is None else [])
+    if missing:
+        raise ValueError(f"wsss.{args.cam}: missing key(s) {', '.join(missing)}")
+    split = read_json(args.split)
+    device = resolve_device(args.device)
+
+    net, meta = load_cam_model(args.model, device)
+    check_model_matches(meta, args.model, args.cam, split, args.split)
+    provenance = expected_provenance(args.cam, args.model, split, cam_cfg)
+    log.info("%s: %d images of %s %s step %d, scales %s, flip %s, device %s", args.cam, len(split["ids"]),
+             split["task"], split["protocol"], split["step"], cam_cfg["scales"], cam_cfg["flip"], device)
+    write_cache(net, split, args.data, args.out, provenance, cam_cfg, device)
+
+    tolerance = quality_cfg.get("contour_tolerance", DEFAULT_CONTOUR_TOLERANCE)
+    result = measure_quality(args.out, provenance, split, args.data, tolerance)
+    write_json(args.quality, {"cam": args.cam, "task": split["task"], "protocol": split["protocol"],
+                              "step": split["step"], "classes": [0, *split["new_classes"]],
+                              "contour_tolerance": tolerance, **result})
+    log.info("pseudo-label quality: mIoU %s, contour F %s over %d images", result["miou"], result["contour_f"],
+             result["n_images"])
+    save_pseudo_label_figure(args.figure, args.out, provenance, split, args.data, args.figure_images)
+    log.info("wrote %s, %s, %s", args.out, args.quality, args.figure)
+

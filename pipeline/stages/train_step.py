@@ -1,0 +1,65 @@
+"""Stage ``train-step``: learning step t >= 1 of a task for one incremental method.
+
+Starts from the model of step t-1 of the same method (step 0: the ``base`` model), grows its
+classifier by the new classes (initialised from the background, MiB Sec. 3.4), keeps a frozen
+copy as the old model, and trains with the method's objective in the shared loop. The data
+follow the method's supervision: pixel labels of the new classes (``ft``, ``mib``), pixel labels
+of every seen class on the images of all steps so far (``joint``), image-level labels only
+(``wilson``: the masks are blanked before they reach the objective), hard pseudo-labels from an
+HDF5 cache of the ``pseudo-labels`` stage (``cam``, ``vwe``, ``iscam``: they replace the masks),
+or image-level labels + the fused co-segmentation masks of the ``coseg`` cache + copy-paste of
+old-class instances from the memory bank (``fmwiss``). Writes ``model.pt`` and ``history.csv`` in
+``--outdir`` and resumes from ``checkpoint.pt`` there.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pipeline.methods import StepContext, build_objective
+from pipeline.models import load_model
+from pipeline.stages.common import add_run_arguments, start_run, train_and_save
+from pipeline import __version__
+from pipeline.train.loop import file_digest, fingerprint, seed_everything
+from pipeline.stages.train_step_data import training_data
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--method", required=True, help="ft | joint | mib | wilson | fmwiss | cam | vwe | iscam, or a variant (methods.<name>.method)")
+    parser.add_argument("--previous", required=True, help="model.pt of step t-1 (step 0: the base model)")
+    parser.add_argument("--pseudo", help="cam/vwe/iscam: pseudo-label cache of the pseudo-labels stage (.h5)")
+    parser.add_argument("--coseg", help="fmwiss: co-segmentation cache of the coseg stage (.h5)")
+    parser.add_argument("--memory", help="fmwiss: memory bank of old-class instances (.h5; omitted: no copy-paste)")
+    add_run_arguments(parser, 'JSON: {"train": {...}, "method": {...}} (config train_step and methods.<name>)')
+
+
+def run(args: argparse.Namespace) -> None:
+    params, split, device = start_run(args)
+    train, method_cfg = params["train"], params["method"]
+    task, step = split["task"], split["step"]
+    if step < 1:
+        raise ValueError(f"{args.split}: train-step needs a step t >= 1, got {step} (step 0 is train-base)")
+
+    old_model, meta = load_model(args.previous, device)
+    if (meta.get("task"), meta.get("step")) != (task, step - 1):
+        raise ValueError(f"{args.previous} is task {meta.get('task')} step {meta.get('step')}; "
+                         f"step {step} of {task} starts from step {step - 1}")
+    seed_everything(args.seed)
+    model, _ = load_model(args.previous, device)
+    context = StepContext.build(task, step, old_model)
+    objective = build_objective(method_cfg.get("method", args.method), method_cfg, context, model)
+    model.classifier.add_step(len(context.new_classes), init=getattr(objective, "classifier_init", "background"))
+
+    dataset = training_data(objective.supervision, split, args.data, task, step, context.num_classes, train,
+                            pseudo=args.pseudo, coseg=args.coseg, coseg_cfg=method_cfg.get("coseg"),
+                            memory=args.memory, paste_prob=method_cfg.get("paste_prob", 0.5))
+    log.info("%s: task %s %s step %d, %d training images (%s), new classes %s, device %s", args.method, task,
+             split["protocol"], step, len(dataset), objective.supervision, context.new_classes, device)
+    train_and_save(model, objective, dataset, train, args, device, task, step,
+                   meta={"model": meta["model"], "task": task, "protocol": split["protocol"], "step": step,
+                         "method": args.method, "seen_classes": split["seen_classes"], "method_cfg": method_cfg,
+                         "previous": str(args.previous)},
+                   tag=fingerprint(args.method, method_cfg, train, split["ids"], file_digest(args.previous),
+                                   *[file_digest(p) for p in (args.pseudo, args.coseg, args.memory) if p],
+                                   __version__),
+                   warmup_epochs=getattr(objective, "warmup_before_training", 0))
+
