@@ -23,9 +23,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
-from collections.abc import Iterable
-from typing import Any, Iterator, Mapping
+from typing import Any
 
 import h5py
 import numpy as np
@@ -118,7 +118,7 @@ class CacheWriter:
         handle.attrs[_PROVENANCE] = json.dumps(self.provenance, sort_keys=True)
         return handle
 
-    def __enter__(self) -> "CacheWriter":
+    def __enter__(self) -> CacheWriter:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -172,7 +172,7 @@ class CacheReader:
     def __init__(self, path: Path, handle: h5py.File, provenance: dict):
         self.path, self.handle, self.provenance = path, handle, provenance
 
-    def __enter__(self) -> "CacheReader":
+    def __enter__(self) -> CacheReader:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -202,9 +202,10 @@ class CacheReader:
         Raises:
             CacheError: naming the cache, the number of missing ids and the first of them.
         """
+        ids = list(ids)  # an iterator would be spent by the first pass, and the count would read 0
         missing = [i for i in ids if i not in self]
         if missing:
-            raise CacheError(f"{self.path}: no {what} for {len(missing)} of the {len(list(ids))} images "
+            raise CacheError(f"{self.path}: no {what} for {len(missing)} of the {len(ids)} images "
                              f"of the step, e.g. {missing[0]!r}")
 
     def get(self, image_id: str) -> dict[str, np.ndarray]:

@@ -71,3 +71,19 @@ def test_missing_and_bad_inputs(tmp_path):
         with pytest.raises(ValueError, match="contain no '/'"):
             writer.put("a/b", {})
     assert provenance_mismatch({"a": 1}, {"a": 1}) == []
+
+
+def test_require_names_the_file_the_count_and_an_example_id(tmp_path):
+    path = tmp_path / "c.h5"
+    with CacheWriter(path, PROV) as writer:
+        writer.put("a", {"x": np.zeros(1)})
+        writer.put("b", {"x": np.zeros(1)})
+        writer.finish()
+    with open_cache(path) as reader:
+        reader.require(["a", "b"], "co-segmentation")
+        reader.require(iter([]), "co-segmentation")
+        with pytest.raises(CacheError, match=r"c\.h5: no pseudo-label for 2 of the 3 images of the step, e\.g\. 'x'"):
+            reader.require(["a", "x", "y"], "pseudo-label")
+        # a one-pass iterator is counted in full, not as 0 images after the first pass
+        with pytest.raises(CacheError, match="1 of the 2 images"):
+            reader.require(iter(["a", "z"]), "pseudo-label")

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from pipeline.eval.contour import (
+from pipeline.metrics.contour import (
     ContourFScore,
     boundary_counts,
     class_boundary_counts,
@@ -16,7 +16,7 @@ from pipeline.eval.contour import (
     seg2bmap,
     tolerance_pixels,
 )
-from pipeline.eval.quality import MaskQuality
+from pipeline.metrics.quality import MaskQuality
 
 
 def square(top: int, left: int, side: int = 3, shape=(10, 10)) -> np.ndarray:

@@ -10,7 +10,7 @@ from torch.utils.data import Dataset
 
 from pipeline.data.classes import VOID
 from pipeline.methods.fmwiss.losses import old_class_targets
-from pipeline.methods.context import StepContext
+from pipeline.methods.base import StepContext
 from pipeline.methods.fmwiss.method import FMWISS, segmenter_atrous_rates
 from pipeline.models.segmenter import build_segmenter
 from pipeline.train.loop import LoopConfig, fit
@@ -54,7 +54,7 @@ def _sample(i: int, size: int = 64) -> dict:
     pseudo[NEW.index(new), : size // 2, : size // 2] = 1.0
     pasted[size // 2 + 8:, size // 2 + 8:] = 3 + i % 2     # an old class instance pasted
     mask[-4:] = VOID                                        # crop padding
-    return {"id": f"img{i}", "image": image, "mask": mask, "labels": labels, "pseudo": pseudo, "pasted": pasted}
+    return {"id": f"img{i}", "image": image, "valid": mask != VOID, "labels": labels, "pseudo": pseudo, "pasted": pasted}
 
 
 def _batch(n: int = 2) -> dict:
@@ -66,7 +66,7 @@ def test_warmup_trains_only_the_teacher(step):
     old, new_model, context = step
     model = new_model()
     fmwiss = _objective(model, context, warmup_epochs=1)
-    assert fmwiss.name == "fmwiss" and fmwiss.supervision == "fmwiss" and fmwiss.classifier_init == "prior"
+    assert fmwiss.classifier_init == "prior"
     batch = _batch()
     losses = fmwiss.losses(batch, model(batch["image"]), epoch=0)
     assert set(losses) == {"new_bce", "dcl", "old_bce"}
@@ -199,7 +199,7 @@ def test_suppress_background_inside_new_object_masks():
     import torch
     from torch import nn
 
-    from pipeline.methods.context import StepContext
+    from pipeline.methods.base import StepContext
     from pipeline.methods.fmwiss.method import FMWISS
 
     class Old(nn.Module):  # background very sure everywhere (logit 4), one old class
@@ -208,7 +208,7 @@ def test_suppress_background_inside_new_object_masks():
             return {"out": torch.stack([torch.full((b, h, w), 4.0), torch.full((b, h, w), -4.0)], 1)}
 
     context = StepContext("toy", 1, Old(), num_old=2, new_classes=[2], num_classes=3)
-    batch = {"image": torch.zeros(1, 3, 4, 4), "mask": torch.zeros(1, 4, 4, dtype=torch.long),
+    batch = {"image": torch.zeros(1, 3, 4, 4), "valid": torch.ones(1, 4, 4, dtype=torch.bool),
              "labels": torch.tensor([[0.0, 0.0, 1.0]]), "pasted": torch.zeros(1, 4, 4, dtype=torch.long),
              "pseudo": torch.zeros(1, 1, 4, 4)}
     batch["pseudo"][0, 0, :2] = 1.0  # the new object covers the top half

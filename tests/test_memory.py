@@ -10,17 +10,17 @@ import pytest
 
 from pipeline.__main__ import main
 from pipeline.cache import CacheError, open_cache
+from pipeline.io import read_json
+from pipeline.methods.fmwiss.copy_paste import copy_paste
 from pipeline.methods.fmwiss.memory import (
     MemoryBank,
     build_memory_bank,
-    copy_paste,
     extend_memory_bank,
     extract_instances,
-    ids_digest,
     instance_key,
     sample_instances,
 )
-from pipeline.io import read_json
+from pipeline.stages.memory_bank import ids_digest
 
 
 def coloured(shape=(12, 12)) -> np.ndarray:
@@ -86,7 +86,10 @@ def test_sampling_counts_and_determinism():
     archives, candidates = sample_instances(sources(), [1, 2, 3], per_class=3, seed=0)
     assert {c: len(a) for c, a in archives.items()} == {1: 3, 2: 2, 3: 0}
     assert candidates == {1: 7, 2: 2, 3: 0}
-    picked = lambda seed: [item["source"] for item in sample_instances(sources(), [1], 3, seed)[0][1]]
+
+    def picked(seed):
+        return [item["source"] for item in sample_instances(sources(), [1], 3, seed)[0][1]]
+
     assert picked(0) == picked(0)
     assert len({tuple(picked(seed)) for seed in range(10)}) > 1
     item = archives[2][0]
@@ -266,6 +269,19 @@ def test_memory_bank_stage_end_to_end(demo, tmp_path, capfd):
               "--params", '{"per_klass": 3}', "--out", str(tmp_path / "x.h5")])
     with pytest.raises(ValueError, match="--previous"):
         memory_stage(demo, "step1.json", tmp_path / "x.h5")
+
+
+def test_memory_bank_stage_requires_every_params_key(demo, tmp_path):
+    """The `memory` section of config.yaml is the only source of the settings: no key has a default."""
+    for key in ("per_class", "min_area", "seed"):
+        params = {k: v for k, v in json.loads(PARAMS).items() if k != key}
+        with pytest.raises(ValueError, match=f"key '{key}' missing"):
+            main(["memory-bank", "--split", str(demo / "splits" / "step0.json"), "--data", str(demo / "dataset.json"),
+                  "--params", json.dumps(params), "--out", str(tmp_path / "x.h5")])
+    with pytest.raises(SystemExit):                                # --params itself is required
+        main(["memory-bank", "--split", str(demo / "splits" / "step0.json"), "--data", str(demo / "dataset.json"),
+              "--out", str(tmp_path / "x.h5")])
+    assert not list(tmp_path.iterdir())
 
 
 def test_memory_bank_stage_extends_with_coseg_masks(demo, tmp_path):

@@ -1,4 +1,4 @@
-"""Tests of pipeline.eval.metrics against hand-computed values and torchmetrics."""
+"""Tests of pipeline.metrics.miou against hand-computed values and torchmetrics."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.eval.metrics import ConfusionMatrix, confusion_matrix, iou_per_class, summarize
+from pipeline.metrics.miou import ConfusionMatrix, confusion_matrix, iou_per_class, summarize
 
 # 3x3 image, 3 classes; the centre-right pixel is void (255).
 PRED = np.array([[0, 1, 1],

@@ -13,6 +13,7 @@ from PIL import Image
 
 from pipeline.__main__ import main
 from pipeline.data.classes import VOC_CLASSES, voc_palette
+from pipeline.report import Table, load_metrics, read_history, step_series, summary_order
 
 IDS = ["2007_000001", "2007_000002", "2007_000003"]
 OLD = list(range(1, 16))
@@ -232,8 +233,6 @@ def test_history_needs_metrics_beside_it_and_columns(tmp_path, runs):
 
 
 def test_read_history_parses_empty_cells(tmp_path):
-    from pipeline.eval.report import read_history
-
     path = tmp_path / "history.csv"
     path.write_text(HISTORY_NO_VAL.replace("1.7", "") + "3,,0.01,1.0,x\n")
     hist = read_history(path)
@@ -299,8 +298,6 @@ def _assert_series(actual, expected):
 
 
 def test_step_series_equals_inputs(runs_10_5_5):
-    from pipeline.eval.report import load_metrics, step_series
-
     _, paths = runs_10_5_5
     series = step_series([load_metrics(p) for p in paths])
     # Protocols Disjoint then Overlap, methods in table order (MiB before WILSON).
@@ -330,8 +327,6 @@ def test_step_series_equals_inputs(runs_10_5_5):
 
 
 def test_step_series_without_base_and_errors(runs_10_5_5):
-    from pipeline.eval.report import load_metrics, step_series
-
     tmp_path, paths = runs_10_5_5
     runs = [load_metrics(p) for p in paths]
     no_base = step_series([r for r in runs if r.data["step"] > 0])
@@ -381,8 +376,6 @@ def test_single_step_task_has_no_steps_figure(runs):
 
 
 def test_summary_order_of_a_long_task():
-    from pipeline.eval.report import Table, summary_order
-
     tables = [Table(d, task, t, [], [], {}) for d, task, n in (("voc", "15-1", 6), ("ade", "100-50", 2))
               for t in range(n)]
     order = [(t.dataset, t.task, t.step) for t in summary_order(tables)]

@@ -16,7 +16,7 @@ from PIL import Image
 from pipeline.__main__ import main
 from pipeline.data.splits import build_splits
 from pipeline.data.synthetic import generate
-from pipeline.eval.metrics import confusion_matrix, iou_per_class
+from pipeline.metrics.miou import confusion_matrix, iou_per_class
 from pipeline.io import read_json, write_json
 
 PARAMS = {

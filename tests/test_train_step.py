@@ -7,12 +7,27 @@ from pipeline.data.splits import build_splits
 from pipeline.data.synthetic import generate
 from pipeline.data.tasks import joint_ids
 from pipeline.io import read_json
-from pipeline.methods import StepContext, build_objective
-from pipeline.models import build_segmenter
 from pipeline.__main__ import main
-from pipeline.stages.train_step_data import training_data
+from pipeline.methods import build_method
+from pipeline.methods.base import StepContext, StepInputs
+from pipeline.models import build_segmenter
 
+WILSON = {"warmup_epochs": 1, "alpha": 0.5, "focal_lambda": 0.01, "focal_gamma": 3.0, "ngwp_eps": 1.0,
+          "relaxed": False, "restrict_to_labels": True, "head_lr_mult": 10.0}
+FMWISS = {"warmup_epochs": 1, "lambda_dcl": 0.1, "tau": 0.1, "points_per_class": 10, "alpha": 0.5, "beta": 0.9,
+          "head_lr_mult": 10.0, "restrict_to_labels": True, "pasted_one_hot": True, "suppress_background": True,
+          "teacher_prior": 0.01, "all_bce_reduction": "sum", "paste_prob": 0.5, "coseg": {}}
 TRAIN = {"crop_size": 48, "scale_range": [1.0, 1.0]}
+SEGMENTER = {"backbone": "resnet18", "output_stride": 16, "pretrained": "none"}
+PIXEL = {"loss": "ce", "head_lr_mult": 1.0}
+
+
+def method_data(name, cfg, split, data, train=TRAIN, **caches):
+    """The training set of method ``name`` at step 1 of 15-5, through its data adapter."""
+    old = build_segmenter(SEGMENTER, [16])
+    model = build_segmenter(SEGMENTER, [16])
+    method = build_method(name, cfg, StepContext.build("15-5", 1, old), model)
+    return method.dataset(StepInputs(split, data, 21, train, caches))
 
 
 @pytest.fixture(scope="module")
@@ -28,11 +43,12 @@ def tiny(tmp_path_factory):
 def test_image_supervision_never_shows_ground_truth(tiny):
     root, train = tiny
     step1 = build_splits(train, "15-5", "overlap")[1]
-    data = training_data("image", step1, str(root / "dataset.json"), "15-5", 1, 21, TRAIN)
+    data = method_data("wilson", WILSON, step1, str(root / "dataset.json"))
     assert len(data) == len(step1["ids"]) > 0
     for i in range(len(data)):
         sample = data[i]
-        assert set(torch.unique(sample["mask"]).tolist()) <= {0, 255}  # crop padding only
+        assert set(sample) == {"id", "image", "valid", "labels"}  # no pixel label at all
+        assert sample["valid"].dtype == torch.bool
         expected = torch.zeros(21)
         expected[step1["labels"][sample["id"]]] = 1
         assert torch.equal(sample["labels"], expected)
@@ -42,10 +58,12 @@ def test_image_supervision_never_shows_ground_truth(tiny):
 def test_pixel_supervision_targets(tiny):
     root, train = tiny
     step1 = build_splits(train, "15-5", "overlap")[1]
-    ft = training_data("pixel-current", step1, str(root / "dataset.json"), "15-5", 1, 21, TRAIN)
+    ft = method_data("ft", PIXEL, step1, str(root / "dataset.json"))
     for i in range(len(ft)):
-        assert set(torch.unique(ft[i]["mask"]).tolist()) <= {0, 16, 17, 18, 19, 20, 255}
-    joint = training_data("pixel-seen", step1, str(root / "dataset.json"), "15-5", 1, 21, TRAIN)
+        sample = ft[i]  # one draw of the random crop
+        assert set(torch.unique(sample["gt"]).tolist()) <= {0, 16, 17, 18, 19, 20, 255}
+        assert torch.equal(sample["valid"], sample["gt"] != 255)
+    joint = method_data("joint", PIXEL, step1, str(root / "dataset.json"))
     # overlap at the last step: every image holding any object class
     assert len(joint) == sum(1 for entry in train.values() if entry["classes"])
 
@@ -66,7 +84,7 @@ def test_step_context_freezes_the_old_model():
     with pytest.raises(ValueError, match="t >= 1"):
         StepContext.build("15-5", 0, old)
     with pytest.raises(ValueError, match="needs the step context"):
-        build_objective("wilson", {})
+        build_method("wilson", WILSON)
 
 
 def test_wilson_warmup_trains_only_the_localizer():
@@ -77,12 +95,10 @@ def test_wilson_warmup_trains_only_the_localizer():
     model.load_state_dict(old.state_dict())
     model.classifier.add_step(5)
     context = StepContext.build("15-5", 1, old)
-    wilson = build_objective("wilson", {"warmup_epochs": 1, "alpha": 0.5, "focal_lambda": 0.01, "focal_gamma": 3.0,
-                                        "ngwp_eps": 1.0, "restrict_to_labels": True, "head_lr_mult": 10.0},
-                             context, model)
+    wilson = build_method("wilson", WILSON, context, model)
     labels = torch.zeros(2, 21)
     labels[0, 17] = labels[1, 20] = 1
-    batch = {"image": torch.randn(2, 3, 64, 64), "mask": torch.zeros(2, 64, 64, dtype=torch.long), "labels": labels}
+    batch = {"image": torch.randn(2, 3, 64, 64), "valid": torch.ones(2, 64, 64, dtype=torch.bool), "labels": labels}
     losses = wilson.losses(batch, model(batch["image"]), epoch=0)
     assert set(losses) == {"cls", "loc"}
     sum(losses.values()).backward()
@@ -118,15 +134,16 @@ def test_fmwiss_data_aligns_coseg_masks_and_pasted_instances(tiny, tmp_path):
     main(["coseg", "--split", str(tmp_path / "step1.json"), "--data", data, "--out", str(tmp_path / "coseg.h5"),
           "--params", json.dumps(coseg_cfg), "--no-progress"])
     scale_free = {"crop_size": 48, "scale_range": [1.0, 1.0]}
-    dataset = training_data("fmwiss", splits[1], data, "15-5", 1, 21, scale_free, coseg=str(tmp_path / "coseg.h5"),
-                            coseg_cfg=coseg_cfg, memory=str(tmp_path / "bank.h5"), paste_prob=1.0)
+    fmwiss = {**FMWISS, "coseg": coseg_cfg, "paste_prob": 1.0}
+    dataset = method_data("fmwiss", fmwiss, splits[1], data, scale_free, coseg=str(tmp_path / "coseg.h5"),
+                          memory=str(tmp_path / "bank.h5"))
     assert MemoryBank(tmp_path / "bank.h5").classes() and set(MemoryBank(tmp_path / "bank.h5").classes()) <= set(range(1, 16))
     index = read_json(data)
     torch.manual_seed(0)
     pasted_any = False
     for i in range(len(dataset)):
         sample = dataset[i]
-        assert set(torch.unique(sample["mask"]).tolist()) <= {0, 255}  # no ground truth
+        assert "gt" not in sample and "mask" not in sample  # no ground truth
         pasted = sample["pasted"]
         assert set(torch.unique(pasted).tolist()) <= {0, *range(1, 16)}
         pasted_any |= bool((pasted > 0).any())
@@ -134,8 +151,8 @@ def test_fmwiss_data_aligns_coseg_masks_and_pasted_instances(tiny, tmp_path):
         # without the pasted pixels, the oracle masks are the ground truth of the labelled new classes
         gt = torch.from_numpy(load_mask(os.path.join(index["root"], index["mask_dir"], sample["id"] + ".png")).astype(np.int64))
         h, w = gt.shape
-        if (h, w) == tuple(sample["mask"].shape):  # no padding, no crop: compare the whole image
-            keep = (pasted == 0) & (sample["mask"] != 255)
+        if (h, w) == tuple(sample["valid"].shape):  # no padding, no crop: compare the whole image
+            keep = (pasted == 0) & sample["valid"]
             labelled = splits[1]["labels"][sample["id"]]
 
             def matches(view):  # the sample may have been flipped horizontally

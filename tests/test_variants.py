@@ -2,9 +2,9 @@
 
 import pytest
 
-from pipeline.eval.ablation import ablation_tables, markdown
-from pipeline.eval.report import Run, method_sort_key
 from pipeline.config import merge, resolve_method, variant_changes
+from pipeline.report import Run, method_sort_key
+from pipeline.report.ablation import ablation_tables, markdown
 
 METHODS = {
     "wilson": {"alpha": 0.5, "head_lr_mult": 10.0},

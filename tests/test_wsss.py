@@ -12,15 +12,15 @@ from torch.nn import functional as F
 from pipeline.__main__ import main
 from pipeline.cache import CacheError, CacheWriter, open_cache
 from pipeline.io import read_json
-from pipeline.wsss.networks import build_cam_model, load_cam_model, save_cam_model
+from pipeline.stages.train_cam import channel_labels
 from pipeline.wsss import expected_provenance, read_pseudo_label
+from pipeline.wsss.networks import build_cam_model, load_cam_model, save_cam_model
 from pipeline.wsss.pseudo_labels import (
     condition_on_labels,
     multiscale_cams,
     normalise_cams,
     pseudo_label,
 )
-from pipeline.stages.train_cam import channel_labels
 
 NET = {"backbone": "resnet18", "output_stride": 16, "pretrained": "none", "freeze_bn": True, "dropout": 0.5,
        "num_words": 8, "pyramid_levels": [1, 2, 4], "gamma": 2.0, "detach_word_features": True}

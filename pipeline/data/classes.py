@@ -35,3 +35,16 @@ def voc_palette() -> np.ndarray:
             c >>= 3
         palette[label] = (r, g, b)
     return palette
+
+
+def class_name(c: int) -> str:
+    """VOC name of class ``c`` (``"background"``, ``"aeroplane"``...), ``str(c)`` beyond VOC."""
+    return VOC_CLASSES[c] if 0 <= c < len(VOC_CLASSES) else str(c)
+
+
+def colourise(labels: np.ndarray) -> np.ndarray:
+    """(H, W) uint8 label map → (H, W, 3) uint8 RGB with the VOC palette (255 void = cream)."""
+    return voc_palette()[np.asarray(labels, dtype=np.uint8)]
+
+
+__all__ = ["BACKGROUND", "NUM_OBJECT_CLASSES", "VOC_CLASSES", "VOID", "class_name", "colourise", "voc_palette"]

@@ -24,7 +24,7 @@ from tqdm import tqdm
 from pipeline.data.classes import voc_palette
 from pipeline.data.tasks import eval_target_lut, seen_classes, task_steps
 from pipeline.data.transforms import EvalTransform, pad_collate
-from pipeline.eval.metrics import ConfusionMatrix, summarize
+from pipeline.metrics.miou import ConfusionMatrix, summarize
 from pipeline.io import atomic_path
 from pipeline.data.datasets import step_dataset, val_ids
 

@@ -26,7 +26,7 @@ at a time. AMP (float16 autocast) on CUDA only.
 the fused masks equal the ground truth (an upper bound; mIoU 1.0 on the step's images).
 
 With ``--quality`` the masks read back from the cache (initial, seeds, fused) are scored against
-the ground truth of the step's training images (:class:`pipeline.eval.quality.MaskQuality`:
+the ground truth of the step's training images (:class:`pipeline.metrics.quality.MaskQuality`:
 mIoU over background + new classes, other classes as background, WILSON's convention; contour
 F-score); ``--figure`` draws a few images. ``--quality-only`` reads an existing cache (``--out``)
 without computing.
@@ -47,13 +47,16 @@ from tqdm import tqdm
 
 from pipeline.cache import CacheReader, CacheWriter
 from pipeline.data.classes import VOID
-from pipeline.foundation.attention import sample_seeds, seed_rng
+from pipeline.data.voc import IMAGE_DIR, load_image, load_mask
+from pipeline.foundation.attention import load_ssl, sample_seeds, seed_attention, seed_rng, ssl_mean_std
 from pipeline.foundation.coseg import (
     coseg_label_maps,
     coseg_maps,
     expected_provenance,
     seed_foreground,
 )
+from pipeline.foundation.maskclip import clip_mean_std, dense_clip_scores, load_clip, text_embeddings
+from pipeline.metrics.quality import MaskQuality
 
 log = logging.getLogger("pipeline.foundation.compute")
 
@@ -117,8 +120,6 @@ class ResizedImages(Dataset):
         return len(self.ids)
 
     def __getitem__(self, i: int) -> dict:
-        from pipeline.data.voc import IMAGE_DIR, load_image
-
         image_id = self.ids[i]
         image = load_image(self.root / IMAGE_DIR / f"{image_id}.jpg", image_id)
         return {"id": image_id, "image": resize_image(image, self.shapes[image_id])}
@@ -152,9 +153,6 @@ class CosegModels:
     """
 
     def __init__(self, cfg: Mapping, classes: Sequence[int], device: torch.device):
-        from pipeline.foundation.attention import load_ssl, ssl_mean_std
-        from pipeline.foundation.maskclip import clip_mean_std, load_clip, text_embeddings
-
         self.cfg, self.device, self.classes = cfg, device, list(classes)
         torch.manual_seed(cfg["seed"])
         self.clip, tokenizer = load_clip(cfg["clip"]["model"], cfg["clip"]["pretrained"], device)
@@ -183,9 +181,6 @@ class CosegModels:
             B dicts of numpy arrays ``classes``, ``clip``, ``attention``, ``seeds`` (module
             docstring; float32 here, float16 once cached).
         """
-        from pipeline.foundation.attention import seed_attention
-        from pipeline.foundation.maskclip import dense_clip_scores
-
         cfg, n_seeds = self.cfg, self.cfg["n_seeds"]
         images = images.to(self.device, non_blocking=True)
         amp = {"device_type": "cuda", "dtype": torch.float16, "enabled": self.device.type == "cuda"}
@@ -250,8 +245,6 @@ def compute_cache(out: str | Path, cfg: Mapping, split: Mapping, index: Mapping,
         ValueError / FileNotFoundError / RuntimeError: bad inputs or weights that cannot be
             loaded (named); pipeline.data.voc.DatasetError: a bad image or mask.
     """
-    from pipeline.data.voc import load_mask
-
     ids, labels, new_classes = step_inputs(split, index)
     provenance = expected_provenance(cfg)
     with CacheWriter(out, provenance) as writer:
@@ -301,9 +294,6 @@ def measure_quality(cache: CacheReader, ids: Sequence[str], mask_dir: str | Path
     Raises:
         CacheError: an id missing from the cache.
     """
-    from pipeline.data.voc import load_mask
-    from pipeline.eval.quality import MaskQuality
-
     quality = {variant: MaskQuality(new_classes) for variant in VARIANTS}
     for image_id in tqdm(ids, desc="coseg quality", unit="img", disable=not progress, mininterval=1.0):
         gt = load_mask(Path(mask_dir) / f"{image_id}.png", image_id=image_id)
@@ -317,8 +307,6 @@ def figure_rows(cache: CacheReader, ids: Sequence[str], index: Mapping, new_clas
                 cfg: Mapping) -> list[dict]:
     """The panels of :func:`pipeline.foundation.figure.coseg_figure` for ``ids`` (ground truth of
     classes other than ``new_classes`` shown as background, as it is measured)."""
-    from pipeline.data.voc import IMAGE_DIR, load_image, load_mask
-
     rows = []
     for image_id in ids:
         image = load_image(Path(index["root"]) / IMAGE_DIR / f"{image_id}.jpg", image_id)

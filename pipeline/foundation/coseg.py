@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import copy
 import functools
-import hashlib
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -54,6 +53,8 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from pipeline.io import file_sha256 as io_file_sha256
 
 SOURCES = ("clip", "oracle")
 FUSIONS = ("union", "intersection", "none")
@@ -146,11 +147,8 @@ def resolve_config(params: Mapping | None) -> dict:
 
 @functools.lru_cache(maxsize=16)
 def _sha256(path: str, size: int, mtime_ns: int) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    """:func:`pipeline.io.file_sha256`, memoised on (resolved path, size, mtime)."""
+    return io_file_sha256(path)
 
 
 def file_sha256(path: str | os.PathLike, key: str = "checkpoint") -> str:

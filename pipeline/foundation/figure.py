@@ -7,16 +7,11 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from pipeline.data.classes import VOC_CLASSES, voc_palette
+from pipeline.data.classes import class_name, colourise
 from pipeline.io import atomic_path
 
 COLUMNS = ("image", "initial mask (M_init)", "seed attention (M_seeds, pre-binary)", "fused (M_refine)",
            "ground truth (new classes)")
-
-
-def colourise(labels: np.ndarray) -> np.ndarray:
-    """(H, W) uint8 label map → (H, W, 3) uint8 RGB with the VOC palette (255 void = cream)."""
-    return voc_palette()[np.asarray(labels, dtype=np.uint8)]
 
 
 def coseg_figure(path: str | os.PathLike, rows: Sequence[dict], title: str = "") -> None:
@@ -42,7 +37,7 @@ def coseg_figure(path: str | os.PathLike, rows: Sequence[dict], title: str = "")
     fig, axes = plt.subplots(len(rows), len(COLUMNS), figsize=(3.0 * len(COLUMNS), 3.0 * len(rows)),
                              squeeze=False)
     for r, row in enumerate(rows):
-        names = ", ".join(VOC_CLASSES[c] if c < len(VOC_CLASSES) else str(c) for c in row["classes"])
+        names = ", ".join(class_name(c) for c in row["classes"])
         panels = (row["image"], colourise(row["initial"]), row["image"], colourise(row["fused"]),
                   colourise(row["gt"]))
         for c, (ax, panel) in enumerate(zip(axes[r], panels)):
@@ -66,4 +61,4 @@ def coseg_figure(path: str | os.PathLike, rows: Sequence[dict], title: str = "")
     plt.close(fig)
 
 
-__all__ = ["colourise", "coseg_figure"]
+__all__ = ["coseg_figure"]

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
+from pipeline.data.datasets import pixel_dataset
 from pipeline.data.tasks import new_classes, seen_classes
 from pipeline.methods.registry import MethodSpec
 from pipeline.objective import Objective
@@ -144,8 +145,6 @@ class Method(Objective):
         Default: pixel labels of the step's classes on the step's images (``gt``; classes of other
         steps are background, MiB's setting).
         """
-        from pipeline.data.datasets import pixel_dataset
-
         return pixel_dataset(inputs.data_index, inputs.split["ids"], inputs.train, inputs.task, inputs.step)
 
 

@@ -7,9 +7,14 @@ import json
 import logging
 import sys
 from pathlib import Path
+
 import torch
 from torch import nn
+
+from pipeline.eval.evaluate import make_validator
 from pipeline.io import read_json
+from pipeline.models import save_model
+from pipeline.train.loop import LoopConfig, Trainer, resolve_device
 
 
 def setup_logging(verbose: bool = False) -> None:
@@ -56,10 +61,6 @@ def train_and_save(model: nn.Module, objective, dataset, train: dict, args: argp
     ``warmup_epochs`` run before the ``train["epochs"]`` epochs, at the constant learning rate
     (an objective's warm-up "before training the segmentation model", FMWISS Sec. 4.2); the
     poly decay covers the ``train["epochs"]`` epochs."""
-    from pipeline.eval.evaluate import make_validator
-    from pipeline.models import save_model
-    from pipeline.train.loop import LoopConfig, Trainer
-
     cfg = LoopConfig(epochs=train["epochs"] + warmup_epochs, hold_epochs=warmup_epochs, batch_size=train["batch_size"], lr=train["lr"],
                      momentum=train["momentum"], weight_decay=train["weight_decay"],
                      poly_power=train["poly_power"], seed=args.seed, amp=train["amp"],
@@ -79,8 +80,6 @@ def train_and_save(model: nn.Module, objective, dataset, train: dict, args: argp
 
 def start_run(args: argparse.Namespace) -> tuple[dict, dict, torch.device]:
     """Prologue of a training stage: logging, CPU threads, ``--params``, the split, the device."""
-    from pipeline.train.loop import resolve_device
-
     setup_logging()
     set_threads(args.threads)
     return parse_params(args.params), read_json(args.split), resolve_device(args.device)

@@ -26,7 +26,7 @@ at a time. AMP (float16 autocast) on CUDA only.
 the fused masks equal the ground truth (an upper bound; mIoU 1.0 on the step's images).
 
 With ``--quality`` the masks read back from the cache (initial, seeds, fused) are scored against
-the ground truth of the step's training images (:class:`pipeline.eval.quality.MaskQuality`:
+the ground truth of the step's training images (:class:`pipeline.metrics.quality.MaskQuality`:
 mIoU over background + new classes, other classes as background, WILSON's convention; contour
 F-score); ``--figure`` draws a few images. ``--quality-only`` reads an existing cache (``--out``)
 without computing.
@@ -35,12 +35,13 @@ without computing.
 from __future__ import annotations
 
 import argparse
-from pipeline.cache import CacheError, open_cache
+
+from pipeline.cache import open_cache
+from pipeline.foundation.compute import VARIANTS, compute_cache, figure_rows, log, measure_quality, step_inputs
 from pipeline.foundation.coseg import (
     expected_provenance,
     resolve_config,
 )
-from pipeline.foundation.compute import (log, VARIANTS, step_inputs, compute_cache, measure_quality, figure_rows)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -83,9 +84,7 @@ def run(args: argparse.Namespace) -> None:
     if not (args.quality or args.figure):
         return
     with open_cache(args.out, expected_provenance(cfg)) as cache:
-        missing = [i for i in ids if i not in cache]
-        if missing:
-            raise CacheError(f"{args.out}: no entry for {len(missing)} images of {args.split}, e.g. {missing[0]!r}")
+        cache.require(ids, f"co-segmentation (split {args.split})")
         if args.quality:
             quality = measure_quality(cache, ids, index["mask_dir"], new_classes, cfg, args.progress)
             write_json(args.quality, {

@@ -17,7 +17,7 @@ from pathlib import Path
 from pipeline.data.classes import VOC_CLASSES
 from pipeline.data.tasks import eval_target_lut, task_steps
 from pipeline.data.transforms import EvalTransform
-from pipeline.eval.metrics import summarize
+from pipeline.metrics.miou import summarize
 from pipeline.io import read_json, write_json, write_text
 from pipeline.models import load_model
 from pipeline.stages.common import set_threads, setup_logging

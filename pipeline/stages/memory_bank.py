@@ -1,57 +1,63 @@
-"""Stage ``memory-bank``: FMWISS's memory bank of old-class instances and its copy-paste augmentation.
+"""Stage ``memory-bank``: FMWISS's memory bank of old-class instances of a step (Sec. 3.4).
 
-Source: Yu et al., "Foundation Model Drives Weakly Incremental Learning for Semantic Segmentation"
-(FMWISS, CVPR 2023; ``shared/papers/004``), Sec. 3.4 and Fig. 4: "we first construct a memory
-bank for each old class, and each class archive will store B foreground instances and
-segmentation labels during the base model training. Then, in step t, we randomly pick one pair
-of foreground images and labels from a randomly selected old class archive, and randomly paste
-them to the new class image." The pasted pixels get target 1 for their class in the old-class
-BCE loss (Eq. 8-9); Sec. 4.5.4 fixes the augmentation probability to 0.5 and B = 50.
+Yu et al., "Foundation Model Drives Weakly Incremental Learning for Semantic Segmentation"
+(FMWISS, CVPR 2023; ``shared/papers/004``) keep, for each old class, an archive of B foreground
+instances, pasted into the new-class images of the next step
+(:mod:`pipeline.methods.fmwiss.copy_paste`). The step-0 bank is built from the ground truth of the
+step-0 training images (``--split step0.json``); the bank of step t >= 1 is the bank of step t-1
+(``--previous``) plus B instances per new class of step t, cut from the step's fused
+co-segmentation masks (``--coseg``, read with ``--coseg-params``). Instances, sampling and the
+cache layout: :mod:`pipeline.methods.fmwiss.memory`.
 
-What the paper leaves open, and the choices made here:
-
-* **Instances.** VOC class maps have no instance ids, so an *instance* is a connected component
-  (8-connectivity, ``scipy.ndimage.label``) of one class's mask; touching objects of one class
-  are normally split by VOC's void band, else they form one instance. The component is cropped
-  to its bounding box: the image crop keeps every pixel of the box, the mask crop marks the
-  component's pixels (void and other classes excluded). Components smaller than ``min_area``
-  pixels are dropped (fragments cut off by occluders).
-* **Sampling B per class.** Up to B instances per class, uniformly at random without
-  replacement among all candidate instances of the class in the step's training images
-  (reservoir sampling, Vitter's Algorithm R, with one ``numpy.random.Generator(seed)``: a single
-  pass over the images, deterministic for a seed and an image order). A class with fewer than B
-  candidates keeps them all.
-* **Later steps.** The paper runs two steps only (base + one incremental step), so its bank holds
-  the base classes. For tasks with more steps, :func:`extend_memory_bank` copies the bank of step
-  t and adds B instances of each class learned at step t, cut from that step's pseudo-masks (the
-  only masks a weakly supervised step has: the fused co-segmentation masks ``M_refine`` of Eq. 5,
-  overlaps resolved by the CLIP score); step t+1 pastes from it. The ``memory-bank`` stage builds
-  the step-0 bank from the ground truth of the step-0 training images (``--split step0.json``),
-  and the bank of step t >= 1 with ``--previous`` (bank of step t-1) and ``--coseg`` (the step's
-  cache, read with ``--coseg-params``).
-* **Pasting** (:func:`copy_paste`): one instance per augmented image (as written in the paper),
-  at its stored scale by default (bank and training images come from the same dataset, and the
-  training transform rescales the composed image afterwards), shrunk if needed so that it fits,
-  at a uniformly random position with the whole instance inside the image.
-
-Cache layout (:mod:`pipeline.cache`): one group per instance, ``c{class:02d}_{k:03d}`` (k = 0..n-1
-within the class archive), datasets ``image`` (h, w, 3) uint8 and ``mask`` (h, w) uint8 (0/1),
-attributes ``class``, ``source`` (image id), ``area`` (pixels) and ``bbox`` (y0, x0, y1, x1 in
-the source image, end exclusive); root attributes ``classes`` and ``counts`` (int64 arrays,
-instances per class) and ``candidates`` (candidate instances per class).
+``--params``: the ``memory`` section of ``config.yaml`` (the only place its values are set, schema
+``schemas/config.schema.yaml``), every key required: ``per_class`` (B; 50 in Sec. 4.5.4),
+``min_area`` (pixels) and ``seed``.
 """
 
 from __future__ import annotations
 
 import argparse
 import concurrent.futures
-import json
-from collections.abc import Iterator, Mapping
+import hashlib
+import logging
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
+
 import numpy as np
-from pipeline.cache import CacheError, open_cache
+
+from pipeline.cache import CacheReader, open_cache
 from pipeline.data.classes import BACKGROUND
-from pipeline.methods.fmwiss.memory import (log, DEFAULT_PARAMS, build_memory_bank, extend_memory_bank, ids_digest, stage_params)
+from pipeline.methods.fmwiss.memory import build_memory_bank, extend_memory_bank
+
+log = logging.getLogger(__name__)
+
+#: Keys of ``--params`` (the ``memory`` section of config.yaml), all required.
+PARAM_KEYS = ("per_class", "min_area", "seed")
+
+
+def ids_digest(ids: Sequence[str]) -> str:
+    """SHA-256 (hex) of the ids joined by newlines: records which images a bank was built from."""
+    return hashlib.sha256("\n".join(ids).encode("utf-8")).hexdigest()
+
+
+def stage_params(params: Mapping) -> dict:
+    """Check ``--params``: exactly the keys of :data:`PARAM_KEYS`, each an integer >= 0.
+
+    Raises:
+        ValueError: an unknown key, a missing key or a bad value (names the key).
+    """
+    unknown = sorted(set(params) - set(PARAM_KEYS))
+    if unknown:
+        raise ValueError(f"memory-bank --params: unknown key {unknown[0]!r}; expected {list(PARAM_KEYS)}")
+    missing = [key for key in PARAM_KEYS if key not in params]
+    if missing:
+        raise ValueError(f"memory-bank --params: key {missing[0]!r} missing; give every key of the `memory` "
+                         f"section of config.yaml: {list(PARAM_KEYS)}")
+    for key in PARAM_KEYS:
+        value = params[key]
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"memory-bank --params: {key} must be an integer >= 0, got {value!r}")
+    return {key: params[key] for key in PARAM_KEYS}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -59,9 +65,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--split", required=True,
                         help="step{t}.json written by the splits stage (step 0, or t >= 1 with --previous)")
     parser.add_argument("--data", required=True, help="dataset index JSON written by prepare-data")
-    parser.add_argument("--params", default="{}",
-                        help='JSON {"per_class": B, "min_area": pixels, "seed": int} (defaults '
-                             f'{json.dumps(DEFAULT_PARAMS)})')
+    parser.add_argument("--params", required=True,
+                        help='JSON {"per_class": B, "min_area": pixels, "seed": int}, every key required: '
+                             "the `memory` section of config.yaml")
     parser.add_argument("--out", required=True, help="memory_bank .h5 to write")
     parser.add_argument("--previous", help="step t >= 1: the bank of step t-1, to extend with the classes of step t")
     parser.add_argument("--coseg", help="step t >= 1: the step's co-segmentation cache (.h5), whose fused "
@@ -100,19 +106,20 @@ def _ground_truth_sources(data: str, ids: list[str], threads: int) -> Iterator[t
     return _ordered_map(item, len(ids), threads)
 
 
-def _coseg_sources(data: str, ids: list[str], reader, cfg: Mapping, threads: int
+def _coseg_sources(data: str, ids: list[str], reader: CacheReader, cfg: Mapping, threads: int
                    ) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
     """``(id, image, fused co-segmentation label map)`` of each id (step t >= 1: no pixel labels;
-    FMWISS Eq. 5 masks, overlaps resolved by the CLIP score, :func:`coseg_label_maps`)."""
+    FMWISS Eq. 5 masks, overlaps resolved by the CLIP score, :func:`coseg_label_maps`).
+
+    Raises:
+        CacheError: (when iteration starts) the cache lacks an id of the split (names one).
+    """
     from pipeline.data.voc import IMAGE_DIR, load_image
     from pipeline.foundation.coseg import coseg_label_maps
     from pipeline.io import read_json
 
     root = Path(read_json(data)["root"])
-    missing = [i for i in ids if i not in reader]
-    if missing:
-        raise CacheError(f"{reader.path}: no co-segmentation for {len(missing)} images of the split, "
-                         f"e.g. {missing[0]!r}")
+    reader.require(ids, "co-segmentation")
     images = _ordered_map(lambda i: load_image(root / IMAGE_DIR / f"{ids[i]}.jpg", ids[i]), len(ids), threads)
     for image_id, image in zip(ids, images):
         yield image_id, image, coseg_label_maps(reader.get(image_id), cfg, image.shape[:2])["fused"]
@@ -126,8 +133,8 @@ def run(args: argparse.Namespace) -> None:
     of step t cut from the step's fused co-segmentation masks (:func:`extend_memory_bank`).
 
     Raises:
-        ValueError: bad ``--params``, a file that is not a split, or options that do not match
-            the split's step (names them).
+        ValueError: bad ``--params`` (an unknown or missing key names it), a file that is not a
+            split, or options that do not match the split's step (names them).
         CacheError: a missing or stale previous bank or coseg cache.
     """
     from tqdm import tqdm
@@ -145,7 +152,6 @@ def run(args: argparse.Namespace) -> None:
     step, ids = int(split["step"]), list(split["ids"])
     provenance = {"task": split.get("task"), "protocol": split.get("protocol"), "step": step,
                   "split_ids_sha256": ids_digest(ids), "code_version": __version__}
-    common = dict(per_class=params["per_class"], seed=params["seed"], min_area=params["min_area"])
     if step == 0:
         if args.previous or args.coseg:
             raise ValueError(f"{args.split}: step 0 builds a new bank from pixel labels; "
@@ -156,7 +162,7 @@ def run(args: argparse.Namespace) -> None:
         sources = tqdm(_ground_truth_sources(args.data, ids, args.threads), total=len(ids), desc="memory bank",
                        unit="img", disable=not args.progress, mininterval=1.0)
         counts = build_memory_bank(args.out, sources, classes, provenance={**provenance, "source": "ground_truth"},
-                                   **common)
+                                   **params)
     else:
         if not args.previous or not args.coseg:
             raise ValueError(f"{args.split}: step {step} has no pixel labels; give --previous (the bank of step "
@@ -176,6 +182,6 @@ def run(args: argparse.Namespace) -> None:
                                "coseg_read": {key: cfg[key] for key in READ_TIME_KEYS}})
             sources = tqdm(_coseg_sources(args.data, ids, reader, cfg, args.threads), total=len(ids),
                            desc="memory bank", unit="img", disable=not args.progress, mininterval=1.0)
-            counts = extend_memory_bank(args.previous, args.out, sources, classes, provenance=provenance, **common)
+            counts = extend_memory_bank(args.previous, args.out, sources, classes, provenance=provenance, **params)
     log.info("wrote %s: %d instances of %d classes", args.out, sum(counts.values()), len(counts))
 

@@ -24,7 +24,7 @@ stopped (:attr:`pipeline.cache.CacheWriter.done`). Consumers read with :func:`re
 
 Quality (``--quality`` JSON): region mIoU and contour F-score (paper 003, Sec. 4.1) of the labels
 against the ground truth of the step's training images, over background + the step's new classes
-(:class:`pipeline.eval.quality.MaskQuality`; other classes of the ground truth count as background).
+(:class:`pipeline.metrics.quality.MaskQuality`; other classes of the ground truth count as background).
 
 ``--params``: ``{"cam": <wsss.<cam>>}``, optionally ``"quality": {"contour_tolerance": t}`` (pixels
 if >= 1, else a fraction of the image diagonal; default 0.008, the DAVIS value of paper 003).

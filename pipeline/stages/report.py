@@ -12,7 +12,7 @@ under ``--outdir``, for every (dataset, task, step):
 plus ``learning_curves_{dataset}_{task}.png`` (one line per run), for every (dataset, task) whose
 runs cover more than one step ``steps_{dataset}_{task}.png`` (mIoU % per step, one panel per
 protocol, one colour per method whose line starts at the shared step-0 "base" run; solid all,
-dashed old, dotted new; seeds averaged; values from :func:`step_series`), ``summary.md`` (all
+dashed old, dotted new; seeds averaged; values from :func:`pipeline.report.step_series`), ``summary.md`` (all
 tables, per task the final step first (the papers' table), then the intermediate steps, then
 step 0; links to the figures) and ``index.json`` (every file written, path relative to
 ``--outdir``, with a caption). The PNGs go to ``--figures-dir`` when given (the Snakemake rule declares that folder
@@ -25,7 +25,9 @@ Usage: ``python -m pipeline report --metrics runs/*/metrics.json --histories run
 from __future__ import annotations
 
 import argparse
-from pipeline.eval.report import (build_report)
+import json
+
+from pipeline.report import build_report
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -44,8 +46,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    import json
-
     build_report(args.metrics, args.histories, args.outdir, args.num_examples, args.figures_dir,
                  variants=json.loads(args.variants), quality=args.quality, examples=args.examples)
 

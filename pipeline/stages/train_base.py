@@ -7,14 +7,15 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+
 import torch
-from pipeline.data.tasks import pixel_target_lut, task_steps
-from pipeline.data.transforms import TrainTransform
-from pipeline.methods import build_objective
+
+from pipeline import __version__
+from pipeline.data.datasets import pixel_dataset
+from pipeline.data.tasks import task_steps
+from pipeline.methods import build_method
 from pipeline.models import build_segmenter
 from pipeline.stages.common import add_run_arguments, start_run, train_and_save
-from pipeline.data.datasets import step_dataset
-from pipeline import __version__
 from pipeline.train.loop import fingerprint, seed_everything
 
 
@@ -43,8 +44,7 @@ def run(args: argparse.Namespace) -> None:
         raise ValueError(f"{args.split}: train-base needs the split of step 0, got step {split.get('step')}")
     task = split["task"]
 
-    lut = pixel_target_lut(task, 0)
-    dataset = step_dataset(args.data, split["ids"], TrainTransform(train["crop_size"], tuple(train["scale_range"]), lut))
+    dataset = pixel_dataset(args.data, split["ids"], train, task, 0)
     log.info("task %s %s step 0: %d training images, classes %s, device %s",
              task, split["protocol"], len(dataset), split["seen_classes"], device)
 
@@ -53,8 +53,8 @@ def run(args: argparse.Namespace) -> None:
     model = build_segmenter(model_cfg, classes_per_step)
     if train["loss"] == "bce":
         init_prior_bias(model.classifier.blocks[0], PRIOR)
-    objective = build_objective("base", {"loss": train["loss"], "head_lr_mult": train["head_lr_mult"]})
-    train_and_save(model, objective, dataset, train, args, device, task, 0,
+    method = build_method("base", {"loss": train["loss"], "head_lr_mult": train["head_lr_mult"]})
+    train_and_save(model, method, dataset, train, args, device, task, 0,
                    meta={"model": model_cfg, "task": task, "protocol": split["protocol"], "step": 0,
                          "method": "base", "seen_classes": split["seen_classes"]},
                    tag=fingerprint(model_cfg, train, split["ids"], PRIOR, __version__))

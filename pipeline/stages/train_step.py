@@ -15,16 +15,22 @@ old-class instances from the memory bank (``fmwiss``). Writes ``model.pt`` and `
 from __future__ import annotations
 
 import argparse
-from pipeline.methods import StepContext, build_objective
+import logging
+
+from pipeline import __version__
+from pipeline.methods import build_method
+from pipeline.methods.base import StepContext, StepInputs
+from pipeline.methods.registry import CACHES
 from pipeline.models import load_model
 from pipeline.stages.common import add_run_arguments, start_run, train_and_save
-from pipeline import __version__
 from pipeline.train.loop import file_digest, fingerprint, seed_everything
-from pipeline.stages.train_step_data import training_data
+
+log = logging.getLogger("pipeline.stages.train_step")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--method", required=True, help="ft | joint | mib | wilson | fmwiss | cam | vwe | iscam, or a variant (methods.<name>.method)")
+    parser.add_argument("--method", required=True,
+                        help="a method of `wilss list methods` or a variant (methods.<name>.method)")
     parser.add_argument("--previous", required=True, help="model.pt of step t-1 (step 0: the base model)")
     parser.add_argument("--pseudo", help="cam/vwe/iscam: pseudo-label cache of the pseudo-labels stage (.h5)")
     parser.add_argument("--coseg", help="fmwiss: co-segmentation cache of the coseg stage (.h5)")
@@ -46,20 +52,18 @@ def run(args: argparse.Namespace) -> None:
     seed_everything(args.seed)
     model, _ = load_model(args.previous, device)
     context = StepContext.build(task, step, old_model)
-    objective = build_objective(method_cfg.get("method", args.method), method_cfg, context, model)
-    model.classifier.add_step(len(context.new_classes), init=getattr(objective, "classifier_init", "background"))
+    method = build_method(method_cfg.get("method", args.method), method_cfg, context, model)
+    model.classifier.add_step(len(context.new_classes), init=method.classifier_init)
 
-    dataset = training_data(objective.supervision, split, args.data, task, step, context.num_classes, train,
-                            pseudo=args.pseudo, coseg=args.coseg, coseg_cfg=method_cfg.get("coseg"),
-                            memory=args.memory, paste_prob=method_cfg.get("paste_prob", 0.5))
-    log.info("%s: task %s %s step %d, %d training images (%s), new classes %s, device %s", args.method, task,
-             split["protocol"], step, len(dataset), objective.supervision, context.new_classes, device)
-    train_and_save(model, objective, dataset, train, args, device, task, step,
+    caches = {key: getattr(args, key) for key in CACHES if getattr(args, key)}
+    dataset = method.dataset(StepInputs(split, args.data, context.num_classes, train, caches))
+    log.info("%s: task %s %s step %d, %d training images (%s labels), new classes %s, device %s", args.method,
+             task, split["protocol"], step, len(dataset), method.spec.supervision, context.new_classes, device)
+    train_and_save(model, method, dataset, train, args, device, task, step,
                    meta={"model": meta["model"], "task": task, "protocol": split["protocol"], "step": step,
                          "method": args.method, "seen_classes": split["seen_classes"], "method_cfg": method_cfg,
                          "previous": str(args.previous)},
                    tag=fingerprint(args.method, method_cfg, train, split["ids"], file_digest(args.previous),
                                    *[file_digest(p) for p in (args.pseudo, args.coseg, args.memory) if p],
                                    __version__),
-                   warmup_epochs=getattr(objective, "warmup_before_training", 0))
-
+                   warmup_epochs=method.warmup_before_training)

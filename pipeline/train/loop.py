@@ -1,4 +1,5 @@
-"""The one training loop every method runs in; a method plugs in an :class:`Objective`.
+"""The one training loop every method runs in; a method plugs in an
+:class:`pipeline.objective.Objective` (every hook has a default there, so the loop calls them all).
 
 The loop owns the device, AMP and channels_last (CUDA only), the SGD optimiser with the
 poly learning-rate schedule, checkpoints every epoch (model, objective modules, optimiser,
@@ -23,7 +24,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Callable
 
 import numpy as np
 import torch
@@ -33,6 +34,7 @@ from tqdm import tqdm
 
 from pipeline.data.transforms import pad_collate
 from pipeline.io import atomic_path, write_text
+from pipeline.objective import Objective
 
 log = logging.getLogger(__name__)
 
@@ -75,22 +77,6 @@ def held_poly_factor(iteration: int, hold_iters: int, total_iters: int, power: f
         return 1.0
     span = max(total_iters - hold_iters, 1)
     return max(1.0 - (iteration - hold_iters) / span, 0.0) ** power
-
-
-class Objective(Protocol):
-    """What a method adds to the shared loop (see STYLE.md)."""
-
-    name: str
-
-    def modules(self) -> dict[str, nn.Module]:
-        """Extra modules the method trains or uses (localizer, teacher, old model); moved to
-        the device and checkpointed by the loop."""
-
-    def param_groups(self, model: nn.Module, lr: float) -> list[dict]:
-        """SGD parameter groups (each a dict with ``params`` and optionally ``lr``)."""
-
-    def losses(self, batch: dict, out: dict[str, Tensor], epoch: int) -> dict[str, Tensor]:
-        """Named scalar losses for one batch; the loop back-propagates their sum."""
 
 
 def resolve_device(name: str) -> torch.device:
@@ -249,8 +235,7 @@ class Trainer:
         seed_everything(epoch_seed(self.cfg.seed, epoch))
         self.model.train()
         self.extra.train()
-        if hasattr(self.objective, "on_epoch_start"):
-            self.objective.on_epoch_start(epoch, self.model)
+        self.objective.on_epoch_start(epoch, self.model)
         sums: dict[str, float] = {}
         started = time.perf_counter()
         bar = tqdm(self.loader(epoch), total=self.iters_per_epoch, desc=f"epoch {epoch + 1}/{self.cfg.epochs}",

@@ -1,7 +1,7 @@
 """Example figure of a pseudo-label cache: image | CAM of each labelled class | pseudo-label |
 ground truth, one row per image (matplotlib's Agg canvas, no pyplot; written atomically).
 
-The ground truth is shown as the pseudo-label is measured (:class:`pipeline.eval.quality.MaskQuality`):
+The ground truth is shown as the pseudo-label is measured (:class:`pipeline.metrics.quality.MaskQuality`):
 classes other than the step's new classes as background, void kept. Label maps use the VOC palette.
 """
 
@@ -17,17 +17,10 @@ from matplotlib.figure import Figure
 from torch.nn import functional as F
 
 from pipeline.cache import open_cache
-from pipeline.data.classes import VOC_CLASSES, VOID, voc_palette
+from pipeline.data.classes import VOID, class_name, colourise
+from pipeline.data.datasets import step_dataset
 from pipeline.io import atomic_path
-
-
-def class_name(c: int) -> str:
-    return VOC_CLASSES[c] if 0 <= c < len(VOC_CLASSES) else str(c)
-
-
-def colourise(label: np.ndarray) -> np.ndarray:
-    """(H, W) uint8 label map → (H, W, 3) uint8 VOC-palette colours."""
-    return voc_palette()[label]
+from pipeline.wsss.pseudo_labels import read_pseudo_label
 
 
 def upsample_cam(cam: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -95,9 +88,6 @@ def save_pseudo_label_figure(path: str | Path, cache: str | Path, provenance: Ma
     Raises:
         CacheError: the cache is missing or stale.
     """
-    from pipeline.data.datasets import step_dataset
-    from pipeline.wsss.pseudo_labels import read_pseudo_label
-
     ids = list(split["ids"])[: max(1, n_images)]
     dataset = step_dataset(data_index, ids, transform=None)
     new_classes = [int(c) for c in split["new_classes"]]

@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from pipeline.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from pipeline.objective import Objective
 from pipeline.wsss.iscam import (
     FeatureSimilarity,
     binary_cross_entropy,
@@ -46,7 +47,7 @@ def rgb_at(image: Tensor, size: tuple[int, int]) -> Tensor:
     return F.adaptive_avg_pool2d(rgb, size)
 
 
-class CamObjective:
+class CamObjective(Objective):
     """CAM baseline: L = MultiLabelSoftMargin(logits, labels)."""
 
     name = "cam"
@@ -54,17 +55,16 @@ class CamObjective:
     def __init__(self, head_lr_mult: float = 10.0):
         self.head_lr_mult = head_lr_mult
 
-    def modules(self) -> dict[str, nn.Module]:
-        return {}
+    @classmethod
+    def from_config(cls, cfg: dict, head_lr_mult: float) -> CamObjective:
+        """From the network's section ``wsss.<name>`` (unused by CAM and VWE) and the head lr."""
+        return cls(head_lr_mult)
 
     def param_groups(self, model: nn.Module, lr: float) -> list[dict]:
         return cam_param_groups(model, lr, self.head_lr_mult)
 
     def losses(self, batch: dict, out: dict[str, Tensor], epoch: int) -> dict[str, Tensor]:
         return {"cls": multilabel_soft_margin_loss(out["logits"], batch["labels"])}
-
-    def learned(self) -> dict:
-        return {}
 
 
 class VweObjective(CamObjective):
@@ -117,6 +117,12 @@ class IsCamObjective(CamObjective):
         self.lam, self.num_samples, self.fs_weight = lam, num_samples, fs_weight
         self.similarity = FeatureSimilarity(sigma, mu, learn_sigma_mu, normalisation)
 
+    @classmethod
+    def from_config(cls, cfg: dict, head_lr_mult: float) -> IsCamObjective:
+        return cls(float(cfg["lambda_is"]), int(cfg["num_samples"]), float(cfg["fs_weight"]),
+                   float(cfg["sigma_init"]), float(cfg["mu_init"]), bool(cfg["learn_sigma_mu"]),
+                   str(cfg["fs_normalisation"]), head_lr_mult)
+
     def modules(self) -> dict[str, nn.Module]:
         return {"feature_similarity": self.similarity}
 
@@ -145,27 +151,24 @@ class IsCamObjective(CamObjective):
         return {"sigma": float(self.similarity.sigma.detach()), "mu": float(self.similarity.mu.detach())}
 
 
-def build_cam_objective(name: str, cfg: dict, train: dict):
+#: The objective that trains each CAM network of :data:`pipeline.wsss.networks.CAM_NETWORKS`.
+CAM_OBJECTIVES: dict[str, type[CamObjective]] = {"cam": CamObjective, "vwe": VweObjective, "iscam": IsCamObjective}
+
+
+def build_cam_objective(name: str, cfg: dict, train: dict) -> CamObjective:
     """The objective of baseline ``name`` from its config section ``wsss.<name>`` and the training
     section (``head_lr_mult``).
 
     Raises:
         ValueError: unknown name or missing key (named).
     """
+    if name not in CAM_OBJECTIVES:
+        raise ValueError(f"unknown CAM baseline {name!r}; known: {', '.join(CAM_OBJECTIVES)}")
     try:
-        head = float(train["head_lr_mult"])
-        if name == "cam":
-            return CamObjective(head)
-        if name == "vwe":
-            return VweObjective(head)
-        if name == "iscam":
-            return IsCamObjective(float(cfg["lambda_is"]), int(cfg["num_samples"]), float(cfg["fs_weight"]),
-                                  float(cfg["sigma_init"]), float(cfg["mu_init"]), bool(cfg["learn_sigma_mu"]),
-                                  str(cfg["fs_normalisation"]), head)
+        return CAM_OBJECTIVES[name].from_config(cfg, float(train["head_lr_mult"]))
     except KeyError as err:
         section = "train_cam" if err.args[0] == "head_lr_mult" else "wsss"
         raise ValueError(f"{section}.{name}: missing key {err.args[0]!r}") from err
-    raise ValueError(f"unknown CAM baseline {name!r}; known: cam, vwe, iscam")
 
 
-__all__ = ["CamObjective", "IsCamObjective", "VweObjective", "build_cam_objective", "cam_param_groups", "rgb_at"]
+__all__ = ["CAM_OBJECTIVES", "CamObjective", "IsCamObjective", "VweObjective", "build_cam_objective", "cam_param_groups", "rgb_at"]

@@ -24,7 +24,7 @@ stopped (:attr:`pipeline.cache.CacheWriter.done`). Consumers read with :func:`re
 
 Quality (``--quality`` JSON): region mIoU and contour F-score (paper 003, Sec. 4.1) of the labels
 against the ground truth of the step's training images, over background + the step's new classes
-(:class:`pipeline.eval.quality.MaskQuality`; other classes of the ground truth count as background).
+(:class:`pipeline.metrics.quality.MaskQuality`; other classes of the ground truth count as background).
 
 ``--params``: ``{"cam": <wsss.<cam>>}``, optionally ``"quality": {"contour_tolerance": t}`` (pixels
 if >= 1, else a fraction of the image diagonal; default 0.008, the DAVIS value of paper 003).
@@ -32,7 +32,6 @@ if >= 1, else a fraction of the image diagonal; default 0.008, the DAVIS value o
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import sys
 from collections.abc import Mapping, Sequence
@@ -46,10 +45,10 @@ from tqdm import tqdm
 
 from pipeline import __version__
 from pipeline.cache import CacheError, CacheReader, CacheWriter, open_cache
+from pipeline.data.datasets import step_dataset
 from pipeline.data.transforms import EvalTransform
 from pipeline.data.voc import load_mask, resolve_mask_dir
-from pipeline.io import read_json
-from pipeline.data.datasets import step_dataset
+from pipeline.io import file_sha256, read_json
 
 log = logging.getLogger("pipeline.wsss.pseudo_labels")
 
@@ -198,15 +197,6 @@ def image_pseudo_label(net: nn.Module, image: Tensor, labels: Sequence[int], new
 # --- cache contract -----------------------------------------------------------------------------
 
 
-def file_sha256(path: str | Path) -> str:
-    """Full sha256 hex digest of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def expected_provenance(cam: str, model_path: str | Path, split: Mapping, cam_cfg: Mapping) -> dict:
     """The provenance a pseudo-label cache of baseline ``cam`` must carry; what the consumer
     passes to :func:`pipeline.cache.open_cache`.
@@ -283,7 +273,7 @@ def write_cache(net: nn.Module, split: dict, data_index: str, out: str | Path, p
 
 def measure_quality(out: str | Path, provenance: dict, split: dict, data_index: str, tolerance) -> dict:
     """Region mIoU and contour F-score of the cached labels against the ground truth."""
-    from pipeline.eval.quality import MaskQuality
+    from pipeline.metrics.quality import MaskQuality
 
     index = read_json(data_index)
     mask_dir = resolve_mask_dir(index["root"], index["mask_dir"])

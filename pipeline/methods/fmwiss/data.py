@@ -1,25 +1,22 @@
-"""Stage ``train-step``: learning step t >= 1 of a task for one incremental method.
-
-Starts from the model of step t-1 of the same method (step 0: the ``base`` model), grows its
-classifier by the new classes (initialised from the background, MiB Sec. 3.4), keeps a frozen
-copy as the old model, and trains with the method's objective in the shared loop. The data
-follow the method's supervision: pixel labels of the new classes (``ft``, ``mib``), pixel labels
-of every seen class on the images of all steps so far (``joint``), image-level labels only
-(``wilson``: the masks are blanked before they reach the objective), hard pseudo-labels from an
-HDF5 cache of the ``pseudo-labels`` stage (``cam``, ``vwe``, ``iscam``: they replace the masks),
-or image-level labels + the fused co-segmentation masks of the ``coseg`` cache + copy-paste of
-old-class instances from the memory bank (``fmwiss``). Writes ``model.pt`` and ``history.csv`` in
-``--outdir`` and resumes from ``checkpoint.pt`` there.
-"""
+"""Data adapter of FMWISS: the step's images with image-level labels, the fused co-segmentation
+masks of the new classes (the ``coseg`` stage's cache, fused when read) and copy-paste of old-class
+instances from the memory bank (Sec. 3.2, 3.4)."""
 
 from __future__ import annotations
 
-import os
+import functools
+
 import numpy as np
 import torch
 from torch.utils.data import Dataset
-from pipeline.cache import CacheError, open_cache
-from pipeline.data.datasets import LazyCache
+
+from pipeline.cache import open_cache
+from pipeline.data.datasets import NamedTargets, PerProcess, WithImageLabels, lazy_cache, step_dataset
+from pipeline.data.tasks import new_classes
+from pipeline.data.transforms import TrainTransform
+from pipeline.foundation.coseg import coseg_masks, expected_provenance
+from pipeline.methods.fmwiss.copy_paste import copy_paste
+from pipeline.methods.fmwiss.memory import MemoryBank
 
 
 class CosegLabelled(Dataset):
@@ -39,40 +36,26 @@ class CosegLabelled(Dataset):
 
     def __init__(self, images: Dataset, coseg_path: str, coseg_cfg: dict, new_classes: list[int],
                  memory_path: str | None, paste_prob: float, transform):
-        from pipeline.foundation.coseg import coseg_masks, expected_provenance
-
-        self.images, self.transform, self.coseg_masks = images, transform, coseg_masks
+        self.images, self.transform = images, transform
         self.cfg, self.new_classes, self.paste_prob = coseg_cfg, list(new_classes), paste_prob
-        self.cache = LazyCache(coseg_path, expected_provenance(coseg_cfg))
+        self.cache = lazy_cache(coseg_path, expected_provenance(coseg_cfg))
         with open_cache(coseg_path, expected_provenance(coseg_cfg)) as reader:  # stale cache: error now
-            missing = [i for i in images.ids if i not in reader]
-        if missing:
-            raise CacheError(f"{coseg_path}: no co-segmentation for {len(missing)} training images, e.g. {missing[0]!r}")
+            reader.require(images.ids, "co-segmentation")
         self.memory_path = memory_path
-        self._bank, self._bank_pid = None, None
+        self._bank = None if memory_path is None else PerProcess(functools.partial(MemoryBank, memory_path))
 
-    def bank(self):
-        if self.memory_path is None:
-            return None
-        if self._bank_pid != os.getpid():
-            from pipeline.methods.fmwiss.memory import MemoryBank
-
-            self._bank, self._bank_pid = MemoryBank(self.memory_path), os.getpid()
-        return self._bank
-
-    def __getstate__(self):
-        return {**self.__dict__, "_bank": None, "_bank_pid": None}
+    def bank(self) -> MemoryBank | None:
+        """The memory bank of this process (None without one)."""
+        return None if self._bank is None else self._bank.get()
 
     def __len__(self) -> int:
         return len(self.images)
 
     def __getitem__(self, i: int) -> dict:
-        from pipeline.methods.fmwiss.memory import copy_paste
-
         sample = self.images[i]
         image_id, image = sample["id"], sample["image"]
         size = image.shape[:2]
-        classes, masks = self.coseg_masks(self.cache.reader().get(image_id), self.cfg, size)
+        classes, masks = coseg_masks(self.cache.get().get(image_id), self.cfg, size)
         pseudo = np.zeros((len(self.new_classes), *size), dtype=np.uint8)
         for c, m in zip(classes, masks):
             if c in self.new_classes:
@@ -89,3 +72,12 @@ class CosegLabelled(Dataset):
         extra = out.pop("extra")
         return {**out, "pseudo": extra[:-1].float(), "pasted": extra[-1]}
 
+
+def coseg_dataset(data_index: str, split: dict, train: dict, num_classes: int, coseg_path: str, coseg_cfg: dict,
+                  memory_path: str | None, paste_prob: float) -> Dataset:
+    """FMWISS's training samples: ``labels`` (|Y^t|,), ``pseudo`` (|C^t|, h, w) float {0, 1},
+    ``pasted`` (h, w) int64 and ``valid`` (h, w) bool (False on the crop padding)."""
+    transform = TrainTransform(train["crop_size"], tuple(train["scale_range"]))
+    dataset = CosegLabelled(step_dataset(data_index, split["ids"], None), coseg_path, coseg_cfg,
+                            new_classes(split["task"], int(split["step"])), memory_path, paste_prob, transform)
+    return WithImageLabels(NamedTargets(dataset, "valid"), split["labels"], num_classes)

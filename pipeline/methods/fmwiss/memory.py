@@ -1,12 +1,13 @@
-"""Stage ``memory-bank``: FMWISS's memory bank of old-class instances and its copy-paste augmentation.
+"""FMWISS's memory bank of old-class instances (Sec. 3.4): extraction, sampling, build/extend, reader.
 
 Source: Yu et al., "Foundation Model Drives Weakly Incremental Learning for Semantic Segmentation"
 (FMWISS, CVPR 2023; ``shared/papers/004``), Sec. 3.4 and Fig. 4: "we first construct a memory
 bank for each old class, and each class archive will store B foreground instances and
 segmentation labels during the base model training. Then, in step t, we randomly pick one pair
 of foreground images and labels from a randomly selected old class archive, and randomly paste
-them to the new class image." The pasted pixels get target 1 for their class in the old-class
-BCE loss (Eq. 8-9); Sec. 4.5.4 fixes the augmentation probability to 0.5 and B = 50.
+them to the new class image." The pasting is :mod:`pipeline.methods.fmwiss.copy_paste`; the stage
+that builds a step's bank is :mod:`pipeline.stages.memory_bank`, with B and the other settings
+from the ``memory`` section of ``config.yaml`` (Sec. 4.5.4: B = 50).
 
 What the paper leaves open, and the choices made here:
 
@@ -25,14 +26,7 @@ What the paper leaves open, and the choices made here:
   the base classes. For tasks with more steps, :func:`extend_memory_bank` copies the bank of step
   t and adds B instances of each class learned at step t, cut from that step's pseudo-masks (the
   only masks a weakly supervised step has: the fused co-segmentation masks ``M_refine`` of Eq. 5,
-  overlaps resolved by the CLIP score); step t+1 pastes from it. The ``memory-bank`` stage builds
-  the step-0 bank from the ground truth of the step-0 training images (``--split step0.json``),
-  and the bank of step t >= 1 with ``--previous`` (bank of step t-1) and ``--coseg`` (the step's
-  cache, read with ``--coseg-params``).
-* **Pasting** (:func:`copy_paste`): one instance per augmented image (as written in the paper),
-  at its stored scale by default (bank and training images come from the same dataset, and the
-  training transform rescales the composed image afterwards), shrunk if needed so that it fits,
-  at a uniformly random position with the whole instance inside the image.
+  overlaps resolved by the CLIP score); step t+1 pastes from it.
 
 Cache layout (:mod:`pipeline.cache`): one group per instance, ``c{class:02d}_{k:03d}`` (k = 0..n-1
 within the class archive), datasets ``image`` (h, w, 3) uint8 and ``mask`` (h, w) uint8 (0/1),
@@ -43,7 +37,6 @@ instances per class) and ``candidates`` (candidate instances per class).
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -51,16 +44,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 from scipy import ndimage
 
 from pipeline.cache import CacheError, CacheWriter, open_cache
-from pipeline.data.classes import VOC_CLASSES, VOID
+from pipeline.data.classes import VOID, class_name
 
 log = logging.getLogger(__name__)
 
-#: Defaults of the ``--params`` of the stage (FMWISS Sec. 4.5.4: B = 50).
-DEFAULT_PARAMS = {"per_class": 50, "min_area": 64, "seed": 0}
 #: 8-connectivity: thin diagonal parts (legs, spokes) stay with their object.
 CONNECTIVITY = np.ones((3, 3), dtype=bool)
 
@@ -111,13 +101,14 @@ def extract_instances(image: np.ndarray, label: np.ndarray, classes: Iterable[in
         ValueError: bad shapes or dtypes, a class outside 1..254, or a negative ``min_area``.
     """
     image, label = np.asarray(image), np.asarray(label)
-    _check_pair(image, label)
+    check_image_label(image, label)
     if min_area < 0:
         raise ValueError(f"min_area must be >= 0, got {min_area}")
     return [(c, image[box].copy(), mask) for c, box, mask, _ in _instances(label, _check_classes(classes), min_area)]
 
 
-def _check_pair(image: np.ndarray, label: np.ndarray, where: str = "") -> None:
+def check_image_label(image: np.ndarray, label: np.ndarray, where: str = "") -> None:
+    """Raise ValueError (prefixed by ``where``) unless image is (H, W, 3) uint8 and label (H, W) uint8."""
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise ValueError(f"{where}image must be (H, W, 3) uint8, got {image.shape} {image.dtype}")
     if label.shape != image.shape[:2] or label.dtype != np.uint8:
@@ -167,7 +158,7 @@ def sample_instances(sources: Iterable[tuple[str, np.ndarray, np.ndarray]], clas
     position = 0
     for image_id, image, label in sources:
         image, label = np.asarray(image), np.asarray(label)
-        _check_pair(image, label, f"image {image_id!r}: ")
+        check_image_label(image, label, f"image {image_id!r}: ")
         for c, box, mask, area in _instances(label, classes, min_area):
             bbox = [box[0].start, box[1].start, box[0].stop, box[1].stop]
             reservoirs[c].offer((position, {"image": image[box].copy(), "mask": mask, "source": image_id,
@@ -190,9 +181,8 @@ def _put_archives(writer: CacheWriter, archives: Mapping[int, list[dict]]) -> No
 
 def _log_counts(counts: Mapping[int, int], candidates: Mapping[int, int]) -> None:
     for c in sorted(counts):
-        name = VOC_CLASSES[c] if c < len(VOC_CLASSES) else str(c)
         level = logging.WARNING if counts[c] == 0 else logging.INFO
-        log.log(level, "class %d (%s): %d instances kept of %d candidates", c, name, counts[c],
+        log.log(level, "class %d (%s): %d instances kept of %d candidates", c, class_name(c), counts[c],
                 candidates.get(c, counts[c]))
 
 
@@ -386,100 +376,5 @@ class MemoryBank:
         return (c, *self.get(c, k))
 
 
-def _resize_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Resize a bool mask to ``size`` (h, w): pixels at least half covered (bilinear/antialiased
-    coverage, PIL); if that leaves none (a thin instance shrunk), the most covered pixels."""
-    coverage = np.asarray(Image.fromarray(mask.astype(np.float32)).resize(size[::-1], Image.BILINEAR))
-    out = coverage >= 0.5
-    return out if out.any() else coverage >= coverage.max()
-
-
-def copy_paste(image: np.ndarray, mask: np.ndarray, bank: MemoryBank, rng: np.random.Generator,
-               prob: float = 0.5, scale_range: tuple[float, float] = (1.0, 1.0),
-               classes: Iterable[int] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Memory-based copy-paste augmentation (FMWISS Sec. 3.4, Fig. 4; the targets of Eq. 9).
-
-    With probability ``prob`` (0.5 in FMWISS Sec. 4.5.4), one instance drawn by
-    :meth:`MemoryBank.sample` is scaled by ``s ~ U(scale_range)`` (shrunk further if it would not
-    fit; bilinear image, mask = pixels at least half covered, never empty), and pasted at a
-    uniformly random position with the whole instance inside the image.
-
-    Args:
-        image: (H, W, 3) uint8 training image (of new classes).
-        mask: (H, W) uint8 its label map (whatever the step uses: 255 where unknown).
-        bank: the memory bank of old classes.
-        rng: the generator (one draw decides whether to paste; more only if it does).
-        prob: probability in ``[0, 1]`` of pasting.
-        scale_range: ``(low, high)``, ``0 < low <= high``; (1, 1) keeps the stored scale.
-        classes: restrict to these classes (default every class of the bank).
-    Returns:
-        ``(image, mask, pasted)``: new arrays (the inputs are not modified): the image with the
-        instance's pixels copied where its mask is true, the mask set to the instance's class
-        there, and ``pasted`` (H, W) uint8 = that class on pasted pixels, 0 elsewhere (where
-        Eq. 9 sets the old-class target of the pasted class to 1).
-    Raises:
-        ValueError: bad shapes/dtypes, ``prob`` outside ``[0, 1]``, a bad ``scale_range``, or
-            no instance to paste (see :meth:`MemoryBank.sample`).
-    """
-    image, mask = np.asarray(image), np.asarray(mask)
-    _check_pair(image, mask)
-    if not 0.0 <= prob <= 1.0:
-        raise ValueError(f"copy-paste prob must be in [0, 1], got {prob}")
-    low, high = (float(v) for v in scale_range)
-    if not 0 < low <= high:
-        raise ValueError(f"copy-paste scale_range must satisfy 0 < low <= high, got {scale_range}")
-    image, mask = image.copy(), mask.copy()
-    pasted = np.zeros(mask.shape, dtype=np.uint8)
-    if rng.random() >= prob:
-        return image, mask, pasted
-    c, crop, crop_mask = bank.sample(rng, classes)
-    height, width = mask.shape
-    h, w = crop_mask.shape
-    scale = low if low == high else float(rng.uniform(low, high))
-    scale = min(scale, height / h, width / w)
-    size = (min(height, max(1, round(h * scale))), min(width, max(1, round(w * scale))))
-    if size != (h, w):
-        crop = np.asarray(Image.fromarray(crop).resize(size[::-1], Image.BILINEAR))
-        crop_mask = _resize_mask(crop_mask, size)
-        h, w = size
-    top = int(rng.integers(height - h + 1))
-    left = int(rng.integers(width - w + 1))
-    region = np.s_[top: top + h, left: left + w]
-    image[region][crop_mask] = crop[crop_mask]
-    mask[region][crop_mask] = c
-    pasted[region][crop_mask] = c
-    return image, mask, pasted
-
-
-# ----------------------------------------------------------------------------- stage
-
-
-def ids_digest(ids: Sequence[str]) -> str:
-    """SHA-256 (hex) of the ids joined by newlines: records which images a bank was built from."""
-    return hashlib.sha256("\n".join(ids).encode("utf-8")).hexdigest()
-
-
-def stage_params(params: Mapping) -> dict:
-    """``--params`` merged over :data:`DEFAULT_PARAMS`; unknown keys or bad values raise ValueError."""
-    unknown = sorted(set(params) - set(DEFAULT_PARAMS))
-    if unknown:
-        raise ValueError(f"memory-bank --params: unknown key {unknown[0]!r}; expected {sorted(DEFAULT_PARAMS)}")
-    merged = {**DEFAULT_PARAMS, **params}
-    for key, value in merged.items():
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise ValueError(f"memory-bank --params: {key} must be an integer >= 0, got {value!r}")
-    return merged
-
-
-
-
-
-
-
-
-
-
-
-
-__all__ = ["DEFAULT_PARAMS", "MemoryBank", "build_memory_bank", "copy_paste", "extend_memory_bank",
-           "extract_instances", "ids_digest", "instance_key", "sample_instances"]
+__all__ = ["MemoryBank", "build_memory_bank", "check_image_label", "extend_memory_bank", "extract_instances",
+           "instance_key", "sample_instances"]

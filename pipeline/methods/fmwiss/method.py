@@ -6,14 +6,16 @@ targets and a BCE (Eq. 10-11); Eq. 12 sums the four terms."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import math
 from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
+from torch.utils.data import Dataset
 
-from pipeline.data.classes import VOID
 from pipeline.methods.fmwiss.losses import (
     all_class_bce_loss,
     contrastive_pixel_classes,
@@ -26,8 +28,9 @@ from pipeline.methods.fmwiss.losses import (
     overall_loss_terms,
     sample_class_points,
 )
-from pipeline.methods.base import segmenter_param_groups
-from pipeline.methods.context import StepContext
+from pipeline.methods.base import OldModelMethod, StepContext, StepInputs
+from pipeline.methods.fmwiss.data import coseg_dataset
+from pipeline.methods.registry import MethodSpec, register_method
 from pipeline.methods.fmwiss.teacher import ASPPTeacher
 
 
@@ -37,7 +40,8 @@ def segmenter_atrous_rates(model: nn.Module) -> list[int]:
     return [int(branch[0].dilation[0]) for branch in model.head[0].convs[1:4]]
 
 
-class FMWISS:
+@register_method("fmwiss")
+class FMWISS(OldModelMethod):
     """Objective of FMWISS; the loop trains the teacher with the segmentation model.
 
     Schedule (Sec. 4.2): "before training the segmentation model, we first warm up the teacher
@@ -105,8 +109,6 @@ class FMWISS:
             [0, 1], teacher_prior outside (0, 1), all_bce_reduction not mean/sum).
     """
 
-    name = "fmwiss"
-    supervision = "fmwiss"      # the data side adds pseudo (coseg masks) and pasted (copy-paste)
     classifier_init = "prior"   # sigmoid outputs (Eq. 11): new classes start at a low probability
 
     def __init__(self, context: StepContext, in_channels: int, warmup_epochs: int = 5, lambda_dcl: float = 0.1,
@@ -137,15 +139,29 @@ class FMWISS:
         self.suppress_background = suppress_background
         self.warmup_before_training = warmup_epochs  # run by the loop before the training epochs
 
+    @classmethod
+    def from_config(cls, cfg: dict[str, Any], context: StepContext | None, model: nn.Module | None,
+                    spec: MethodSpec) -> FMWISS:
+        """``model``: the segmenter (its last encoder stage feeds the teacher, whose ASPP takes the
+        segmenter's atrous rates). ``cfg["coseg"]`` and ``cfg["paste_prob"]`` are read by
+        :meth:`dataset`."""
+        method = cls(context, model.backbone.feature_info.channels()[-1], cfg["warmup_epochs"], cfg["lambda_dcl"],
+                     cfg["tau"], cfg["points_per_class"], cfg["alpha"], cfg["beta"], cfg["head_lr_mult"],
+                     restrict_to_labels=cfg["restrict_to_labels"], pasted_one_hot=cfg["pasted_one_hot"],
+                     suppress_background=cfg["suppress_background"], teacher_prior=cfg["teacher_prior"],
+                     all_bce_reduction=cfg["all_bce_reduction"], atrous_rates=segmenter_atrous_rates(model))
+        method.coseg_cfg, method.paste_prob = cfg["coseg"], cfg["paste_prob"]
+        return method.bind(spec)
+
     def modules(self) -> dict[str, nn.Module]:
         return {"teacher": self.teacher}
 
-    def param_groups(self, model: nn.Module, lr: float) -> list[dict]:
-        return segmenter_param_groups(model, lr, self.head_lr_mult) + [
-            {"params": list(self.teacher.parameters()), "lr": lr * self.head_lr_mult}]
-
-    def on_epoch_start(self, epoch: int, model: nn.Module) -> None:
-        self.context.old_model.eval()
+    def dataset(self, inputs: StepInputs) -> Dataset:
+        """Image-level ``labels``, the fused co-segmentation masks ``pseudo`` of the new classes and
+        copy-paste of old-class instances (``pasted``) when the memory bank is given."""
+        return coseg_dataset(inputs.data_index, inputs.split, inputs.train, inputs.num_classes,
+                             inputs.cache("coseg", "the coseg stage's .h5"), self.coseg_cfg,
+                             inputs.caches.get("memory"), self.paste_prob)
 
     def _inputs(self, batch: dict) -> tuple[Tensor, Tensor, Tensor]:
         for key in ("pseudo", "pasted", "labels"):
@@ -153,7 +169,7 @@ class FMWISS:
                 raise KeyError(f"fmwiss needs batch[{key!r}] (supervision 'fmwiss' of the data side)")
         pasted = batch["pasted"].long()
         pseudo = occlude_pseudo_labels(batch["pseudo"].float(), pasted)
-        return pseudo, pasted, batch["mask"] != VOID
+        return pseudo, pasted, batch["valid"]
 
     def targets(self, batch: dict, out: dict[str, Tensor], teacher: dict[str, Tensor] | None = None) -> dict[str, Tensor]:
         """The teacher's upsampled logits, the old targets (Eq. 9) and the student's targets

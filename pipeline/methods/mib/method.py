@@ -3,15 +3,19 @@ pixel labels of the new classes; the pixel-supervised reference of the WILSS tab
 
 from __future__ import annotations
 
-from torch import Tensor
+from typing import Any
 
+from torch import Tensor, nn
+
+from pipeline.methods.base import OldModelMethod, StepContext
 from pipeline.methods.mib.losses import unbiased_cross_entropy, unbiased_knowledge_distillation
-from pipeline.methods.base import OldModelObjective
-from pipeline.methods.context import StepContext
+from pipeline.methods.registry import MethodSpec, register_method
 
 
-class MiB(OldModelObjective):
-    """Objective: L = L_unce + kd_weight * L_unkd / |Y^{t-1}| (MiB Eq. 4-7).
+@register_method("mib")
+class MiB(OldModelMethod):
+    """Objective: L = L_unce + kd_weight * L_unkd / |Y^{t-1}| (MiB Eq. 4-7), on the batch's ``gt``
+    (pixel labels of the new classes; old classes are background there).
 
     The division by the number of old classes (background included) is the authors' code, not the
     paper's Eq. 6: their λ_KD = 10 on VOC was tuned with it, so we keep it to match their numbers.
@@ -23,17 +27,19 @@ class MiB(OldModelObjective):
         head_lr_mult: learning-rate multiplier of the head over the backbone.
     """
 
-    name = "mib"
-    supervision = "pixel-current"
-
     def __init__(self, context: StepContext, kd_weight: float = 10.0, kd_alpha: float = 1.0, head_lr_mult: float = 1.0):
         self.context, self.kd_weight, self.kd_alpha, self.head_lr_mult = context, kd_weight, kd_alpha, head_lr_mult
+
+    @classmethod
+    def from_config(cls, cfg: dict[str, Any], context: StepContext | None, model: nn.Module | None,
+                    spec: MethodSpec) -> MiB:
+        return cls(context, cfg["kd_weight"], cfg["kd_alpha"], cfg["head_lr_mult"]).bind(spec)
 
     def losses(self, batch: dict, out: dict[str, Tensor], epoch: int) -> dict[str, Tensor]:
         logits = out["out"].float()
         old_logits = self.old_logits(batch["image"])
         return {
-            "unce": unbiased_cross_entropy(logits, batch["mask"], self.context.num_old),
+            "unce": unbiased_cross_entropy(logits, batch["gt"], self.context.num_old),
             "unkd": self.kd_weight / self.context.num_old
             * unbiased_knowledge_distillation(logits, old_logits, self.kd_alpha),
         }

@@ -11,14 +11,18 @@ only in the network that produced the pseudo-labels.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from torch.nn import functional as F
+from torch.utils.data import Dataset
 
 from pipeline.data.classes import VOID
+from pipeline.methods.base import OldModelMethod, StepContext, StepInputs
+from pipeline.methods.pseudo.data import pseudo_label_dataset
+from pipeline.methods.registry import MethodSpec, register_method
 from pipeline.methods.wilson.losses import segmentation_loss, wilson_target
-from pipeline.methods.base import OldModelObjective
-from pipeline.methods.context import StepContext
 
 
 def hard_pseudo_target(pseudo: Tensor, num_classes: int, new_classes: list[int]) -> Tensor:
@@ -46,24 +50,33 @@ def hard_pseudo_target(pseudo: Tensor, num_classes: int, new_classes: list[int])
     return q
 
 
-class PseudoLabelDistillation(OldModelObjective):
+@register_method("cam", "vwe", "iscam")
+class PseudoLabelDistillation(OldModelMethod):
     """Objective of the offline baselines: hard pseudo-labels for C^t + old-model targets (WILSON
     Eq. 7) through the per-class logistic loss (WILSON Eq. 8).
 
-    The batch ``mask`` holds the pseudo-label map (0, new classes, 255 void/padding) made by the
-    ``pseudo-labels`` stage; the ground truth is never read.
+    The batch's ``pseudo`` holds the pseudo-label map (0, new classes, 255 void/padding) made by
+    the ``pseudo-labels`` stage with the CAM network of the spec (``spec.cam_network``); the
+    ground truth is never read.
 
     Args:
-        name: method name (``cam``, ``vwe``, ``iscam`` or a variant).
         context: the step and the frozen step t-1 model.
         head_lr_mult: learning-rate multiplier of the head (WILSON's 10 for its own head).
     """
 
-    supervision = "pseudo"
     classifier_init = "prior"  # sigmoid outputs (Eq. 8): new classes start at a low probability
 
-    def __init__(self, name: str, context: StepContext, head_lr_mult: float = 10.0):
-        self.name, self.context, self.head_lr_mult = name, context, head_lr_mult
+    def __init__(self, context: StepContext, head_lr_mult: float = 10.0):
+        self.context, self.head_lr_mult = context, head_lr_mult
+
+    @classmethod
+    def from_config(cls, cfg: dict[str, Any], context: StepContext | None, model: nn.Module | None,
+                    spec: MethodSpec) -> PseudoLabelDistillation:
+        return cls(context, cfg["head_lr_mult"]).bind(spec)
+
+    def dataset(self, inputs: StepInputs) -> Dataset:
+        return pseudo_label_dataset(inputs.data_index, inputs.split, inputs.train,
+                                    inputs.cache("pseudo", f"the pseudo-labels stage's .h5 of {self.spec.cam_network}"))
 
     def losses(self, batch: dict, out: dict[str, Tensor], epoch: int) -> dict[str, Tensor]:
         logits = out["out"].float()
@@ -71,6 +84,6 @@ class PseudoLabelDistillation(OldModelObjective):
         with torch.no_grad():
             if old_logits.shape[-2:] != logits.shape[-2:]:
                 old_logits = F.interpolate(old_logits, size=logits.shape[-2:], mode="bilinear", align_corners=False)
-            q = hard_pseudo_target(batch["mask"], self.context.num_classes, self.context.new_classes)
+            q = hard_pseudo_target(batch["pseudo"], self.context.num_classes, self.context.new_classes)
             target = wilson_target(q, old_logits, self.context.new_classes)
-        return {"seg": segmentation_loss(logits, target, valid=batch["mask"] != VOID)}
+        return {"seg": segmentation_loss(logits, target, valid=batch["valid"])}

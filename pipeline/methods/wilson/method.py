@@ -5,11 +5,14 @@ the segmentation model through a multi-label soft-margin loss (Eq. 8)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor, nn
+from torch.utils.data import Dataset
 from torch.nn import functional as F
 
-from pipeline.data.classes import VOID
+from pipeline.data.datasets import image_label_dataset
 from pipeline.methods.wilson.losses import (
     classification_loss,
     localization_prior_loss,
@@ -18,12 +21,13 @@ from pipeline.methods.wilson.losses import (
     soft_pseudo_labels,
     wilson_target,
 )
-from pipeline.methods.base import segmenter_param_groups
-from pipeline.methods.context import StepContext
+from pipeline.methods.base import OldModelMethod, StepContext, StepInputs
+from pipeline.methods.registry import MethodSpec, register_method
 from pipeline.methods.wilson.localizer import Localizer
 
 
-class Wilson:
+@register_method("wilson")
+class Wilson(OldModelMethod):
     """Objective of WILSON; the loop trains the localizer with the segmentation model.
 
     Schedule (Sec. 4.3): for the first ``warmup_epochs`` only the localizer learns (its input
@@ -44,8 +48,6 @@ class Wilson:
         head_lr_mult: learning-rate multiplier of the head and the localizer (0.01 / 0.001 = 10).
     """
 
-    name = "wilson"
-    supervision = "image"
     classifier_init = "prior"  # sigmoid outputs (Eq. 7-8): new classes start at a low probability
 
     def __init__(self, context: StepContext, in_channels: int, warmup_epochs: int = 5, alpha: float = 0.5,
@@ -58,23 +60,27 @@ class Wilson:
         self.head_lr_mult, self.restrict_to_labels = head_lr_mult, restrict_to_labels
         self.cls_classes = list(range(1, context.num_classes)) if relaxed else list(context.new_classes)
 
+    @classmethod
+    def from_config(cls, cfg: dict[str, Any], context: StepContext | None, model: nn.Module | None,
+                    spec: MethodSpec) -> Wilson:
+        """``model``: the segmenter, whose last encoder stage feeds the localizer."""
+        return cls(context, model.backbone.feature_info.channels()[-1], cfg["warmup_epochs"], cfg["alpha"],
+                   cfg["focal_lambda"], cfg["focal_gamma"], cfg["ngwp_eps"], cfg["relaxed"],
+                   cfg["restrict_to_labels"], cfg["head_lr_mult"]).bind(spec)
+
     def modules(self) -> dict[str, nn.Module]:
         return {"localizer": self.localizer}
 
-    def param_groups(self, model: nn.Module, lr: float) -> list[dict]:
-        return segmenter_param_groups(model, lr, self.head_lr_mult) + [
-            {"params": list(self.localizer.parameters()), "lr": lr * self.head_lr_mult}]
-
-    def on_epoch_start(self, epoch: int, model: nn.Module) -> None:
-        self.context.old_model.eval()
+    def dataset(self, inputs: StepInputs) -> Dataset:
+        """Image-level labels only (``labels``, ``valid``): no pixel label reaches WILSON."""
+        return image_label_dataset(inputs.data_index, inputs.split, inputs.train, inputs.num_classes)
 
     def losses(self, batch: dict, out: dict[str, Tensor], epoch: int) -> dict[str, Tensor]:
         warmup = epoch < self.warmup_epochs
         features = out["features"].detach() if warmup else out["features"]
         scores = self.localizer(features).float()                       # z: (B, |Y^t|, h, w)
         labels = batch["labels"].float()                                # (B, |Y^t|) image-level labels
-        with torch.no_grad():
-            old_logits = self.context.old_model(batch["image"])["out"].float()  # (B, |Y^t-1|, H, W)
+        old_logits = self.old_logits(batch["image"])                    # (B, |Y^t-1|, H, W)
         old_small = F.interpolate(old_logits, size=scores.shape[-2:], mode="bilinear", align_corners=False)
         losses = {
             "cls": classification_loss(scores, labels, self.cls_classes, **self.focal),
@@ -88,5 +94,5 @@ class Wilson:
                     masks = restrict_to_image_labels(masks, labels, self.context.new_classes)
                 pseudo = soft_pseudo_labels(masks, self.alpha)                # Eq. 5-6
                 target = wilson_target(pseudo, old_logits, self.context.new_classes)  # Eq. 7
-            losses["seg"] = segmentation_loss(out["out"].float(), target, valid=batch["mask"] != VOID)
+            losses["seg"] = segmentation_loss(out["out"].float(), target, valid=batch["valid"])
         return losses

@@ -10,10 +10,17 @@ the final step of each task out in one table per (dataset, task, base method).
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
-from pipeline.eval.report import (MISSING, METRIC_KEYS, Run, class_range, format_cell, method_label,
-                                  protocol_sort_key)
+from pipeline.report.runs import (
+    METRIC_KEYS,
+    MISSING,
+    Run,
+    class_range,
+    format_cell,
+    method_label,
+    protocol_sort_key,
+)
 
 
 def _value(value) -> str:

@@ -2,8 +2,8 @@
 
 The two numbers paper 003 reports for pseudo-labels (Jonnarth & Felsberg, ICASSP 2022,
 ``shared/papers/003``, Sec. 4.1-4.3, Fig. 2, Table 1): "area mIoU" (region similarity, the VOC
-IoU accumulated over the dataset, :mod:`pipeline.eval.metrics`) and "contour F-score" (contour
-accuracy, :mod:`pipeline.eval.contour`). Used by the stages that write pseudo-labels (CAM
+IoU accumulated over the dataset, :mod:`pipeline.metrics.miou`) and "contour F-score" (contour
+accuracy, :mod:`pipeline.metrics.contour`). Used by the stages that write pseudo-labels (CAM
 baselines, FMWISS co-segmentation) to report how good their masks are.
 
 Class handling (choices where the papers are silent):
@@ -28,14 +28,9 @@ from collections.abc import Iterable, Mapping
 
 import numpy as np
 
-from pipeline.data.classes import BACKGROUND, VOC_CLASSES, VOID
-from pipeline.eval.contour import ContourFScore
-from pipeline.eval.metrics import ConfusionMatrix, iou_per_class
-
-
-def class_name(c: int) -> str:
-    """VOC name of class ``c`` (``"background"``, ``"aeroplane"``...), ``str(c)`` beyond VOC."""
-    return VOC_CLASSES[c] if 0 <= c < len(VOC_CLASSES) else str(c)
+from pipeline.data.classes import BACKGROUND, VOID, class_name
+from pipeline.metrics.contour import ContourFScore
+from pipeline.metrics.miou import ConfusionMatrix, iou_per_class
 
 
 def _mean(values: np.ndarray) -> float | None:
@@ -49,7 +44,7 @@ class MaskQuality:
     Args:
         classes: object classes measured (e.g. ``[16, 17, 18, 19, 20]``); background 0 is always
             measured (listing it is allowed); values in ``1..254``.
-        tolerance: contour matching tolerance (:func:`pipeline.eval.contour.tolerance_pixels`):
+        tolerance: contour matching tolerance (:func:`pipeline.metrics.contour.tolerance_pixels`):
             None = 0.008 of the image diagonal rounded up (DAVIS/paper 003), ``>= 1`` pixels,
             ``[0, 1)`` a fraction of the diagonal.
         void: how the contour score treats ground-truth void: ``"background"`` (paper 003) or
@@ -123,7 +118,7 @@ class MaskQuality:
             "contour_f": float in [0, 1] or None, "per_class_f": {name: float | None},
             "n_images": int}``. Per-class dicts list background then ``classes`` in index order.
             An IoU is None for a class absent from both prediction and ground truth, an F for a
-            class with no boundary pixel in either (module :mod:`pipeline.eval.contour`); the
+            class with no boundary pixel in either (module :mod:`pipeline.metrics.contour`); the
             means (over background + classes) skip the None entries and are None if all are.
         """
         iou = iou_per_class(self._confusion.matrix)[self.classes]

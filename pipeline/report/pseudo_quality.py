@@ -13,13 +13,11 @@ from __future__ import annotations
 
 import re
 from collections import defaultdict
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
-import numpy as np
-
-from pipeline.eval.report import MISSING, method_label, method_sort_key, protocol_sort_key
 from pipeline.io import read_json
+from pipeline.report.runs import format_cell, method_label, method_sort_key, protocol_sort_key
 
 _COSEG = re.compile(r"(?P<dataset>[^/]+)/(?P<task>\d+(?:-\d+)+)-(?P<protocol>[a-z]+)/step(?P<step>\d+)/coseg/quality/(?P<method>[a-z0-9_]+)\.json$")
 _PSEUDO = re.compile(r"(?P<dataset>[^/]+)/(?P<task>\d+(?:-\d+)+)-(?P<protocol>[a-z]+)/seed(?P<seed>\d+)/step(?P<step>\d+)/pseudo/(?P<method>[a-z0-9_]+)_quality\.json$")
@@ -63,13 +61,6 @@ def load_quality(path: str | Path) -> list[dict]:
     return rows
 
 
-def _cell(values: Sequence[float | None]) -> str:
-    vals = np.array([v for v in values if v is not None], dtype=np.float64) * 100.0
-    if vals.size == 0:
-        return MISSING
-    return f"{vals[0]:.1f}" if vals.size == 1 else f"{vals.mean():.1f} ± {vals.std(ddof=1):.1f}"
-
-
 def quality_tables(paths: Sequence[str | Path]) -> list[dict]:
     """One table per (dataset, task, step): rows (method, masks), columns mIoU and contour F (%)
     per protocol; seeds (CAM baselines) averaged as mean ± std.
@@ -92,7 +83,7 @@ def quality_tables(paths: Sequence[str | Path]) -> list[dict]:
             row = [method_label(method), VARIANTS[masks]]
             for p in protocols:
                 members = cells.get((method, masks, p), [])
-                row += [_cell([r["miou"] for r in members]), _cell([r["contour_f"] for r in members])]
+                row += [format_cell([r["miou"] for r in members]), format_cell([r["contour_f"] for r in members])]
             rows.append(row)
         tables.append({"title": f"Pseudo-label quality on the training images, {dataset} {task}, step {step}",
                        "stem": f"pseudo_quality_{dataset}_{task}_step{step}".replace("-", "_"),
