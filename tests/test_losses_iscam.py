@@ -38,8 +38,10 @@ def test_max_pool_prediction_and_bce_eq2_eq3_by_hand():
     # background present, class absent: -(1/2)[log 0.6 + log(1 - 0.8)]
     loss = binary_cross_entropy(pred, torch.tensor([[1.0, 0.0]]), eps=0.0)
     assert math.isclose(float(loss), -(math.log(0.6) + math.log(0.2)) / 2, rel_tol=1e-6)
-    # the default squeeze changes it by O(eps) and keeps log(0) finite
-    assert math.isclose(float(binary_cross_entropy(pred, torch.tensor([[1.0, 0.0]]))), float(loss), rel_tol=1e-3)
+    # the default squeeze (authors' code: (1e-3 + 0.999 p) / 1.001) by hand, and log(0) stays finite
+    s = lambda p: (1e-3 + 0.999 * p) / 1.001
+    squeezed = -(math.log(s(0.6)) + math.log(1 - s(0.8))) / 2
+    assert math.isclose(float(binary_cross_entropy(pred, torch.tensor([[1.0, 0.0]]))), squeezed, rel_tol=1e-6)
     assert math.isfinite(float(binary_cross_entropy(torch.tensor([[0.0]]), torch.tensor([[1.0]]))))
 
 
@@ -140,7 +142,8 @@ def test_iscam_objective_labels_background_present():
     out = {"probs": PROBS}
     losses = objective.losses({"labels": torch.tensor([[1.0]]), "image": torch.zeros(1, 3, 1, 2)}, out, 0)
     assert set(losses) == {"cls"}
-    assert math.isclose(float(losses["cls"]), -(math.log(0.6) + math.log(0.8)) / 2, rel_tol=1e-3)
+    s = lambda p: (1e-3 + 0.999 * p) / 1.001  # the authors' squeeze before the log
+    assert math.isclose(float(losses["cls"]), -(math.log(s(0.6)) + math.log(s(0.8))) / 2, rel_tol=1e-5)
     # λ = 1: importance-sampled term over background (present) and the class (absent here)
     torch.manual_seed(0)
     sampled = IsCamObjective(lam=1.0, num_samples=4000, fs_weight=0.0).losses(
@@ -169,3 +172,14 @@ def test_iscam_objective_feature_similarity_on_the_image_rgb():
     w, f = math.exp(-0.5) / (2 * math.pi), math.tanh(0.5 + math.log(0.3 / 0.7))
     # "pixels": -(1/HW) * (two ordered pairs) * w * g * f, g = 1, HW = 2; times fs_weight 2
     assert math.isclose(float(losses["fs"].detach()), 2.0 * -(2 * w * f) / 2, rel_tol=1e-4)
+
+
+def test_squeeze_is_the_authors_affine_map():
+    """(1e-3 + (1 - 1e-3) p) / (1 + 1e-3), by hand at p = 0, 1/2, 1; the BCE of a saturated wrong
+    prediction is then -log(1e-3 / 1.001)."""
+    from pipeline.wsss.iscam import squeeze_probability
+
+    p = torch.tensor([0.0, 0.5, 1.0])
+    torch.testing.assert_close(squeeze_probability(p), torch.tensor([1e-3 / 1.001, 0.5005 / 1.001, 1.0 / 1.001]))
+    loss = binary_cross_entropy(torch.tensor([[0.0]]), torch.tensor([[1.0]]))
+    assert math.isclose(float(loss), -math.log(1e-3 / 1.001), rel_tol=1e-6)

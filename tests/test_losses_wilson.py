@@ -208,18 +208,34 @@ def test_segmentation_loss_detaches_target_and_handles_no_valid_pixel():
         segmentation_loss(logits, target, torch.ones(2, 3, 3, dtype=torch.bool))
 
 
-def test_restrict_to_image_labels():
+def test_restrict_to_image_labels_zeroes_every_unlabelled_object_channel():
     # 2 images, channels: background, old, new a, new b; 1x1 pixel
     q = torch.tensor([[0.1, 0.2, 0.3, 0.4], [0.5, 0.6, 0.7, 0.8]]).view(2, 4, 1, 1)
-    labels = torch.tensor([[0.0, 0.0, 1.0, 0.0], [0.0, 0.0, 0.0, 1.0]])
-    out = restrict_to_image_labels(q, labels, new_classes=[2, 3])
-    expected = torch.tensor([[0.1, 0.2, 0.3, 0.0], [0.5, 0.6, 0.0, 0.8]]).view(2, 4, 1, 1)
-    torch.testing.assert_close(out, expected)  # background and old channel kept despite label 0
+    labels = torch.tensor([[0.0, 0.0, 1.0, 0.0], [0.0, 1.0, 0.0, 1.0]])  # image 2: relaxed, old class labelled
+    out = restrict_to_image_labels(q, labels)
+    expected = torch.tensor([[0.1, 0.0, 0.3, 0.0], [0.5, 0.6, 0.0, 0.8]]).view(2, 4, 1, 1)
+    torch.testing.assert_close(out, expected)  # background always kept; old channel only where labelled
     assert q[0, 3, 0, 0] == 0.4  # input untouched
     with pytest.raises(ValueError):
-        restrict_to_image_labels(q, labels[:, :3], [2])
+        restrict_to_image_labels(q, labels[:, :3])
     with pytest.raises(ValueError):
-        restrict_to_image_labels(q, labels, [4])
+        restrict_to_image_labels(q, labels, background=4)
+
+
+def test_pseudo_label_where_the_localizer_prefers_an_old_class():
+    """Authors' masking (train.py: int_masks_orig[:, 1:] *= l1h) on a pixel whose localizer argmax is
+    an old class: the labelled new class wins Eq. 5 and gets the α = 0.5 hard part, so the target is
+    new = 0.5 + 0.5 m_new and background = min(σ(old_bg), 0.5 m_bg). Computed by hand."""
+    # channels: background 0, old 1, new 2, new 3; the image is labelled with new class 2 only.
+    m = torch.tensor([0.2, 0.5, 0.25, 0.05]).view(1, 4, 1, 1)      # localizer softmax: argmax = old class
+    labels = torch.tensor([[0.0, 0.0, 1.0, 0.0]])
+    masked = restrict_to_image_labels(m, labels)                    # [0.2, 0, 0.25, 0]: argmax = new class 2
+    q = soft_pseudo_labels(masked, alpha=0.5)
+    old_logits = torch.tensor([1.0, 0.0]).view(1, 2, 1, 1)
+    target = wilson_target(q, old_logits, new_classes=[2, 3])
+    sigmoid = lambda x: 1 / (1 + math.exp(-x))
+    expected = [min(sigmoid(1.0), 0.5 * 0.2), sigmoid(0.0), 0.5 + 0.5 * 0.25, 0.0]
+    torch.testing.assert_close(target.view(4), torch.tensor(expected))
 
 
 def test_localizer_shape_and_layers():

@@ -56,14 +56,27 @@ def max_pool_prediction(probs: Tensor) -> Tensor:
     return probs.amax(dim=(2, 3))
 
 
-def binary_cross_entropy(pred: Tensor, target: Tensor, eps: float = 1e-4) -> Tensor:
+def squeeze_probability(pred: Tensor, eps: float = 1e-3) -> Tensor:
+    """The authors' affine squeeze of probabilities before a log (arvijj/icam):
+    ŷ' = (eps + (1 - eps) ŷ) / (1 + eps), mapping [0, 1] onto [eps / (1 + eps), 1 / (1 + eps)]
+    (smooth, never a zero gradient). ``eps = 0`` is the identity.
+
+    Args:
+        pred: float probabilities in [0, 1], any shape.
+        eps: ≥ 0.
+    Returns:
+        ŷ' of ``pred``'s shape and dtype.
+    """
+    return (eps + (1.0 - eps) * pred) / (1.0 + eps)
+
+
+def binary_cross_entropy(pred: Tensor, target: Tensor, eps: float = 1e-3) -> Tensor:
     """Mean binary cross-entropy of probabilities (ISCAM Eq. 3), averaged over classes (1/K),
     samples and batch.
 
     L = -1/K sum_k [y_k log ŷ_k + (1 - y_k) log(1 - ŷ_k)]. To keep the log finite, ŷ is first
-    squeezed affinely into [eps, 1 - eps] (ŷ' = eps + (1 - 2 eps) ŷ: smooth, never a zero
-    gradient; the authors' code does the same with eps = 1e-3). ``eps = 0`` is the equation as
-    printed.
+    squeezed as the authors' code does (:func:`squeeze_probability`, eps = 1e-3). ``eps = 0`` is
+    the equation as printed.
 
     Args:
         pred: (B, C) or (B, C, S) float probabilities in [0, 1] (S samples per class, Eq. 4).
@@ -81,7 +94,7 @@ def binary_cross_entropy(pred: Tensor, target: Tensor, eps: float = 1e-4) -> Ten
     pred, target = pred.float(), target.float()
     if pred.dim() == 3:
         target = target.unsqueeze(-1).expand_as(pred)
-    pred = eps + (1.0 - 2.0 * eps) * pred
+    pred = squeeze_probability(pred, eps)
     return -(target * torch.log(pred) + (1.0 - target) * torch.log1p(-pred)).mean()
 
 

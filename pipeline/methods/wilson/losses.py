@@ -214,32 +214,34 @@ def soft_pseudo_labels(masks: Tensor, alpha: float = 0.5) -> Tensor:
     return alpha * hard_pseudo_labels(masks) + (1.0 - alpha) * masks
 
 
-def restrict_to_image_labels(q: Tensor, image_labels: Tensor, new_classes: Sequence[int]) -> Tensor:
-    """Zero the pseudo-label of every new class the image is not labelled with.
+def restrict_to_image_labels(q: Tensor, image_labels: Tensor, background: int = 0) -> Tensor:
+    """Zero the localizer's map of every object class the image is not labelled with.
 
-    Not in the paper: the authors' public code (``fcdl94/WILSON``, ``train.py``) multiplies the
-    localizer's softmax m of the object classes by the image labels. Note that it does so
-    *before* Eq. 5-6 (so the argmax of Eq. 5 is taken among the labelled classes); this function
-    only masks channels and works on m or on q alike. Background and old channels are kept
-    (their target comes from the old model in Eq. 7, except the background's ``min``).
+    Not in the paper: the authors' code (``fcdl94/WILSON``, ``train.py``:
+    ``int_masks_orig[:, 1:] *= l1h``) multiplies the localizer's softmax m of **every object
+    class** by the image labels before Eq. 5-6, so the argmax of Eq. 5 is taken among the
+    labelled classes and background only. In the standard setting the labels hold the new
+    classes only, so the old channels are zeroed too (their target comes from the old model in
+    Eq. 7); in the relaxed setting (WILSON Table 5) they hold every seen class present.
 
     Args:
-        q: (B, C, H, W) float per-class maps (m of Eq. 5 or q of Eq. 6).
+        q: (B, C, H, W) float per-class maps (m of Eq. 5, or q of Eq. 6).
         image_labels: (B, C) float or bool image labels indexed like the channels of q
-            (nonzero = present).
-        new_classes: channel indices of C^t, distinct, in [0, C).
+            (nonzero = present; the background entry is ignored).
+        background: the background channel, always kept.
     Returns:
-        (B, C, H, W) new tensor of ``q.dtype``: q with q[b, c] = 0 for c in ``new_classes`` where
-        image_labels[b, c] == 0; other values unchanged.
+        (B, C, H, W) new tensor of ``q.dtype``: q[b, c] = 0 for every c != background with
+        image_labels[b, c] == 0; the background channel unchanged.
     Raises:
-        ValueError: ``q`` not 4-D, ``image_labels`` not (B, C), or bad ``new_classes``.
+        ValueError: ``q`` not 4-D, ``image_labels`` not (B, C), or ``background`` out of range.
     """
     _check_maps("q", q)
     if image_labels.shape != q.shape[:2]:
         raise ValueError(f"image_labels: expected shape {tuple(q.shape[:2])}, got {tuple(image_labels.shape)}")
-    index = _check_channels("new_classes", new_classes, q.shape[1])
-    keep = torch.ones(q.shape[:2], dtype=q.dtype, device=q.device)
-    keep[:, index] = (image_labels[:, index] != 0).to(q.dtype)
+    if not 0 <= background < q.shape[1]:
+        raise ValueError(f"background={background}: must be a channel in [0, {q.shape[1]})")
+    keep = (image_labels != 0).to(q.dtype)
+    keep[:, background] = 1
     return q * keep[:, :, None, None]
 
 

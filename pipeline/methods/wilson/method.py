@@ -43,8 +43,9 @@ class Wilson(OldModelMethod):
         ngwp_eps: ε of nGWP (Eq. 1).
         relaxed: Eq. 3 over every seen class instead of the new ones (WILSON Table 5); the batch
             labels must then hold all seen classes present.
-        restrict_to_labels: zero the pseudo-labels of new classes an image is not labelled with
-            (authors' code, not in the paper).
+        restrict_to_labels: before Eq. 5, zero the localizer's map of every object class the
+            image is not labelled with, old classes included unless relaxed (authors' code, not in
+            the paper).
         head_lr_mult: learning-rate multiplier of the head and the localizer (0.01 / 0.001 = 10).
     """
 
@@ -90,8 +91,8 @@ class Wilson(OldModelMethod):
             with torch.no_grad():
                 masks = F.interpolate(scores, size=old_logits.shape[-2:], mode="bilinear",
                                       align_corners=False).softmax(dim=1)   # m: (B, |Y^t|, H, W)
-                if self.restrict_to_labels:  # before Eq. 5, so the argmax picks only labelled new classes
-                    masks = restrict_to_image_labels(masks, labels, self.context.new_classes)
+                if self.restrict_to_labels:  # before Eq. 5: the argmax picks background or a labelled class
+                    masks = restrict_to_image_labels(masks, labels)
                 pseudo = soft_pseudo_labels(masks, self.alpha)                # Eq. 5-6
                 target = wilson_target(pseudo, old_logits, self.context.new_classes)  # Eq. 7
             losses["seg"] = segmentation_loss(out["out"].float(), target, valid=batch["valid"])
