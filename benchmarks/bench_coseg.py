@@ -34,8 +34,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, uninstalled
 
 from pipeline.cache import CacheWriter, open_cache  # noqa: E402
-from pipeline.foundation.coseg import coseg_masks, expected_provenance, resolve_config  # noqa: E402
 from pipeline.foundation.compute import CosegModels  # noqa: E402
+from pipeline.foundation.coseg import coseg_masks, expected_provenance, resolve_config  # noqa: E402
 from pipeline.io import write_json  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "coseg.json"

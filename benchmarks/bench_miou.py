@@ -22,8 +22,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, uninstalled
 
-from pipeline.metrics.miou import ConfusionMatrix, iou_per_class  # noqa: E402
 from pipeline.io import write_json  # noqa: E402
+from pipeline.metrics.miou import ConfusionMatrix, iou_per_class  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "miou.json"
 

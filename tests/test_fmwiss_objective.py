@@ -9,8 +9,8 @@ from torch.nn import functional as F
 from torch.utils.data import Dataset
 
 from pipeline.data.classes import VOID
-from pipeline.methods.fmwiss.losses import old_class_targets
 from pipeline.methods.base import StepContext
+from pipeline.methods.fmwiss.losses import old_class_targets
 from pipeline.methods.fmwiss.method import FMWISS, segmenter_atrous_rates
 from pipeline.models.segmenter import build_segmenter
 from pipeline.train.loop import LoopConfig, fit

@@ -4,6 +4,8 @@ import math
 
 import pytest
 import torch
+from handcalc import bce as _bce
+from handcalc import close as _close
 
 from pipeline.methods.fmwiss.losses import (
     IGNORE,
@@ -22,8 +24,6 @@ from pipeline.methods.fmwiss.teacher import ASPPTeacher
 
 LN3 = math.log(3.0)
 
-
-from handcalc import bce as _bce, close as _close  # noqa: E402
 
 
 # --- Eq. 6 ----------------------------------------------------------------------------------------

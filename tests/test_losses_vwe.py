@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch.nn import functional as F
 
+from pipeline.wsss.networks import build_cam_model
 from pipeline.wsss.vwe import (
     class_activation_maps,
     fuse_cams,
@@ -20,7 +21,6 @@ from pipeline.wsss.vwe import (
     word_probabilities,
     word_similarity,
 )
-from pipeline.wsss.networks import build_cam_model
 
 # 1 image, d = 2, 1x2 pixels: pixel 0 = (3, 4), pixel 1 = (1, 0)
 FEATURES = torch.tensor([[[[3.0, 1.0]], [[4.0, 0.0]]]])

@@ -4,7 +4,11 @@ import math
 
 import pytest
 import torch
+from handcalc import bce as _bce
+from handcalc import close as _close
+from handcalc import sigmoid as _sigmoid
 
+from pipeline.methods.wilson.localizer import Localizer
 from pipeline.methods.wilson.losses import (
     classification_loss,
     focal_penalty,
@@ -17,12 +21,9 @@ from pipeline.methods.wilson.losses import (
     soft_pseudo_labels,
     wilson_target,
 )
-from pipeline.methods.wilson.localizer import Localizer
 
 LN2, LN3 = math.log(2.0), math.log(3.0)
 
-
-from handcalc import bce as _bce, close as _close, sigmoid as _sigmoid  # noqa: E402
 
 
 # 1 image, 2 classes, 1x2 pixels. Pixel 0: z = (1, 1 + ln 3) -> m = (1/4, 3/4);

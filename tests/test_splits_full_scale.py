@@ -17,11 +17,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import shared_dir  # noqa: E402  (tests/ is on sys.path under pytest)
 from PIL import Image
 
 from pipeline.data import splits, tasks
-
-from conftest import shared_dir  # noqa: E402  (tests/ is on sys.path under pytest)
 
 LABELS_ROOT = shared_dir() / "voc-aug-labels"
 REPO = Path(__file__).resolve().parents[1]

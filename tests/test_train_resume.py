@@ -16,8 +16,8 @@ from PIL import Image
 from pipeline.__main__ import main
 from pipeline.data.splits import build_splits
 from pipeline.data.synthetic import generate
-from pipeline.metrics.miou import confusion_matrix, iou_per_class
 from pipeline.io import read_json, write_json
+from pipeline.metrics.miou import confusion_matrix, iou_per_class
 
 PARAMS = {
     "model": {"backbone": "resnet18", "output_stride": 16, "pretrained": "none"},

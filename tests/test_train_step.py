@@ -3,11 +3,11 @@
 import pytest
 import torch
 
+from pipeline.__main__ import main
 from pipeline.data.splits import build_splits
 from pipeline.data.synthetic import generate
 from pipeline.data.tasks import joint_ids
 from pipeline.io import read_json
-from pipeline.__main__ import main
 from pipeline.methods import build_method
 from pipeline.methods.base import StepContext, StepInputs
 from pipeline.models import build_segmenter
@@ -120,8 +120,8 @@ def test_fmwiss_data_aligns_coseg_masks_and_pasted_instances(tiny, tmp_path):
 
     import numpy as np
 
-    from pipeline.methods.fmwiss.memory import MemoryBank
     from pipeline.data.voc import load_mask
+    from pipeline.methods.fmwiss.memory import MemoryBank
 
     root, train = tiny
     splits = build_splits(train, "15-5", "overlap")
@@ -155,7 +155,7 @@ def test_fmwiss_data_aligns_coseg_masks_and_pasted_instances(tiny, tmp_path):
             keep = (pasted == 0) & sample["valid"]
             labelled = splits[1]["labels"][sample["id"]]
 
-            def matches(view):  # the sample may have been flipped horizontally
+            def matches(view, sample=sample, keep=keep, labelled=labelled):  # the sample may be flipped
                 return all(torch.equal(sample["pseudo"][k][keep] > 0, ((view == c) & (c in labelled))[keep])
                            for k, c in enumerate(range(16, 21)))
 

@@ -9,14 +9,21 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import shared_dir  # noqa: E402  (tests/ is on sys.path under pytest)
 from PIL import Image, ImageFile
 
 from pipeline.__main__ import main
 from pipeline.data.classes import voc_palette
-from pipeline.data.voc import (DatasetError, VOCSegmentation, check_pair, index_dataset, load_image,
-                               load_mask, read_ids, resolve_mask_dir)
-
-from conftest import shared_dir  # noqa: E402  (tests/ is on sys.path under pytest)
+from pipeline.data.voc import (
+    DatasetError,
+    VOCSegmentation,
+    check_pair,
+    index_dataset,
+    load_image,
+    load_mask,
+    read_ids,
+    resolve_mask_dir,
+)
 
 SHARED = shared_dir()
 MINI = SHARED / "voc-mini"

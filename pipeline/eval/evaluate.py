@@ -11,8 +11,8 @@ multi-step tasks).
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import torch
@@ -22,11 +22,11 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from pipeline.data.classes import voc_palette
+from pipeline.data.datasets import step_dataset, val_ids
 from pipeline.data.tasks import eval_target_lut, seen_classes, task_steps
 from pipeline.data.transforms import EvalTransform, pad_collate
-from pipeline.metrics.miou import ConfusionMatrix, summarize
 from pipeline.io import atomic_path
-from pipeline.data.datasets import step_dataset, val_ids
+from pipeline.metrics.miou import ConfusionMatrix, summarize
 
 log = logging.getLogger("pipeline.eval.evaluate")
 

@@ -9,7 +9,7 @@ the mean IoU is the mean over classes. The old/new/all split follows the reporti
 
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 import torch

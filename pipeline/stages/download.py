@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from pipeline.data.download import (download)
+
+from pipeline.data.download import download
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -14,16 +14,17 @@ import argparse
 import csv
 import io
 from pathlib import Path
+
 from pipeline.data.classes import VOC_CLASSES
+from pipeline.data.datasets import step_dataset, val_ids
 from pipeline.data.tasks import eval_target_lut, task_steps
 from pipeline.data.transforms import EvalTransform
-from pipeline.metrics.miou import summarize
+from pipeline.eval.evaluate import evaluate_model, log, report_classes
 from pipeline.io import read_json, write_json, write_text
+from pipeline.metrics.miou import summarize
 from pipeline.models import load_model
 from pipeline.stages.common import set_threads, setup_logging
-from pipeline.data.datasets import step_dataset, val_ids
 from pipeline.train.loop import resolve_device
-from pipeline.eval.evaluate import (log, report_classes, evaluate_model)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -19,7 +19,8 @@ from __future__ import annotations
 import argparse
 import time
 from pathlib import Path
-from pipeline.data.synthetic import (generate)
+
+from pipeline.data.synthetic import generate
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+
+from pipeline.data.prepare import DEFAULT_TRAIN_LIST, DEFAULT_VAL_LIST, prepare, summary
 from pipeline.io import write_json
-from pipeline.data.prepare import (DEFAULT_TRAIN_LIST, DEFAULT_VAL_LIST, prepare, summary)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -34,11 +34,19 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Mapping
+
 from pipeline.io import read_json, write_json
-from pipeline.wsss.networks import load_cam_model
 from pipeline.stages.common import parse_params, set_threads, setup_logging
 from pipeline.train.loop import resolve_device
-from pipeline.wsss.pseudo_labels import (log, INFERENCE_KEYS, DEFAULT_CONTOUR_TOLERANCE, expected_provenance, write_cache, measure_quality)
+from pipeline.wsss.networks import load_cam_model
+from pipeline.wsss.pseudo_labels import (
+    DEFAULT_CONTOUR_TOLERANCE,
+    INFERENCE_KEYS,
+    expected_provenance,
+    log,
+    measure_quality,
+    write_cache,
+)
 
 
 def check_model_matches(meta: dict, model_path: str, cam: str, split: Mapping, split_path: str) -> None:

@@ -17,10 +17,11 @@ import argparse
 import contextlib
 from collections.abc import Mapping
 from pathlib import Path
+
 from pipeline.data import tasks
 from pipeline.data.classes import VOC_CLASSES
+from pipeline.data.splits import build_splits, load_index, summarize_splits, summary_csv
 from pipeline.io import atomic_path, write_json, write_text
-from pipeline.data.splits import (build_splits, summarize_splits, summary_csv, load_index)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

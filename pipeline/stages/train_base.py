@@ -18,7 +18,6 @@ from pipeline.models import build_segmenter
 from pipeline.stages.common import add_run_arguments, start_run, train_and_save
 from pipeline.train.loop import fingerprint, seed_everything
 
-
 log = logging.getLogger("pipeline.stages.train_base")
 
 

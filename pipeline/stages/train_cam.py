@@ -23,15 +23,14 @@ from __future__ import annotations
 import argparse
 import logging
 from pathlib import Path
-from pipeline import __version__
-from pipeline.data.transforms import TrainTransform
-from pipeline.wsss.networks import build_cam_model, save_cam_model
-from pipeline.stages.common import add_run_arguments, start_run
-from pipeline.data.datasets import step_dataset
-from pipeline.train.loop import LoopConfig, Trainer, fingerprint, seed_everything
-from pipeline.data.datasets import BLANK_LUT, WithImageLabels
-from pipeline.wsss.objectives import build_cam_objective
 
+from pipeline import __version__
+from pipeline.data.datasets import BLANK_LUT, WithImageLabels, step_dataset
+from pipeline.data.transforms import TrainTransform
+from pipeline.stages.common import add_run_arguments, start_run
+from pipeline.train.loop import LoopConfig, Trainer, fingerprint, seed_everything
+from pipeline.wsss.networks import build_cam_model, save_cam_model
+from pipeline.wsss.objectives import build_cam_objective
 
 log = logging.getLogger("pipeline.stages.train_cam")
 

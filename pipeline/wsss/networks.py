@@ -35,6 +35,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from pipeline.io import atomic_path
+from pipeline.models.segmenter import build_backbone
 from pipeline.wsss.iscam import cam_probabilities
 from pipeline.wsss.vwe import (
     class_activation_maps,
@@ -47,7 +48,6 @@ from pipeline.wsss.vwe import (
     word_probabilities,
     word_similarity,
 )
-from pipeline.models.segmenter import build_backbone
 
 #: Config keys every CAM network reads (``wsss.<name>`` in config.yaml).
 BACKBONE_KEYS = ("backbone", "output_stride", "pretrained", "freeze_bn", "dropout")

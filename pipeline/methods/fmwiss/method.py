@@ -6,16 +6,17 @@ targets and a BCE (Eq. 10-11); Eq. 12 sums the four terms."""
 
 from __future__ import annotations
 
-from typing import Any
-
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 from torch.utils.data import Dataset
 
+from pipeline.methods.base import OldModelMethod, StepContext, StepInputs
+from pipeline.methods.fmwiss.data import coseg_dataset
 from pipeline.methods.fmwiss.losses import (
     all_class_bce_loss,
     contrastive_pixel_classes,
@@ -28,10 +29,8 @@ from pipeline.methods.fmwiss.losses import (
     overall_loss_terms,
     sample_class_points,
 )
-from pipeline.methods.base import OldModelMethod, StepContext, StepInputs
-from pipeline.methods.fmwiss.data import coseg_dataset
-from pipeline.methods.registry import MethodSpec, register_method
 from pipeline.methods.fmwiss.teacher import ASPPTeacher
+from pipeline.methods.registry import MethodSpec, register_method
 
 
 def segmenter_atrous_rates(model: nn.Module) -> list[int]:

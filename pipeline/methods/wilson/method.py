@@ -9,10 +9,13 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.utils.data import Dataset
 from torch.nn import functional as F
+from torch.utils.data import Dataset
 
 from pipeline.data.datasets import image_label_dataset
+from pipeline.methods.base import OldModelMethod, StepContext, StepInputs
+from pipeline.methods.registry import MethodSpec, register_method
+from pipeline.methods.wilson.localizer import Localizer
 from pipeline.methods.wilson.losses import (
     classification_loss,
     localization_prior_loss,
@@ -21,9 +24,6 @@ from pipeline.methods.wilson.losses import (
     soft_pseudo_labels,
     wilson_target,
 )
-from pipeline.methods.base import OldModelMethod, StepContext, StepInputs
-from pipeline.methods.registry import MethodSpec, register_method
-from pipeline.methods.wilson.localizer import Localizer
 
 
 @register_method("wilson")
