@@ -47,14 +47,20 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def co_segment(models: CosegModels, images: torch.Tensor, ids: list[str], labels: list[list[int]],
-               batch_size: int, device: torch.device) -> tuple[list[dict], float]:
+def co_segment(
+    models: CosegModels,
+    images: torch.Tensor,
+    ids: list[str],
+    labels: list[list[int]],
+    batch_size: int,
+    device: torch.device,
+) -> tuple[list[dict], float]:
     """All images in passes of ``batch_size``; returns the results and the wall time."""
     _sync(device)
     start = time.perf_counter()
     out = []
     for i in range(0, len(ids), batch_size):
-        out += models(images[i:i + batch_size], ids[i:i + batch_size], labels[i:i + batch_size])
+        out += models(images[i : i + batch_size], ids[i : i + batch_size], labels[i : i + batch_size])
     _sync(device)
     return out, time.perf_counter() - start
 
@@ -64,8 +70,14 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--images", type=int, default=32)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--input-size", type=int, default=448, help="long side fed to the models")
-    parser.add_argument("--image-size", type=int, nargs=2, default=[375, 500], metavar=("H", "W"),
-                        help="original image size (VOC's most common); masks are made at this size")
+    parser.add_argument(
+        "--image-size",
+        type=int,
+        nargs=2,
+        default=[375, 500],
+        metavar=("H", "W"),
+        help="original image size (VOC's most common); masks are made at this size",
+    )
     parser.add_argument("--classes", type=int, default=2, help="labelled new classes per image")
     parser.add_argument("--clip", default="ViT-S-16", help="open_clip architecture (random init)")
     parser.add_argument("--ssl", default="vit_small_patch16_224", help="timm ViT (random init)")
@@ -78,9 +90,15 @@ def main(argv: list[str] | None = None) -> dict:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
 
-    cfg = resolve_config({"clip": {"model": args.clip, "pretrained": "none", "templates": "photo"},
-                          "ssl": {"model": args.ssl, "pretrained": "none"},
-                          "input_size": args.input_size, "batch_size": args.batch_size, "seed": args.seed})
+    cfg = resolve_config(
+        {
+            "clip": {"model": args.clip, "pretrained": "none", "templates": "photo"},
+            "ssl": {"model": args.ssl, "pretrained": "none"},
+            "input_size": args.input_size,
+            "batch_size": args.batch_size,
+            "seed": args.seed,
+        }
+    )
     models = CosegModels(cfg, NEW_CLASSES, device)
     shape = models.input_shape(*args.image_size)
     gen = torch.Generator().manual_seed(args.seed)
@@ -88,7 +106,7 @@ def main(argv: list[str] | None = None) -> dict:
     ids = [f"bench_{i:05d}" for i in range(args.images)]
     labels = [sorted(NEW_CLASSES[(i + j) % 5] for j in range(args.classes)) for i in range(args.images)]
 
-    co_segment(models, images[:2], ids[:2], labels[:2], 2, device)          # warm-up
+    co_segment(models, images[:2], ids[:2], labels[:2], 2, device)  # warm-up
     batched, t_batched = co_segment(models, images, ids, labels, args.batch_size, device)
     single, t_single = co_segment(models, images, ids, labels, 1, device)
     worst = max(float(np.abs(a["clip"] - b["clip"]).max()) for a, b in zip(batched, single))
@@ -117,24 +135,42 @@ def main(argv: list[str] | None = None) -> dict:
 
     n = args.images
     result = {
-        "images": n, "batch_size": args.batch_size, "input_shape": list(shape), "image_size": list(size),
-        "classes_per_image": args.classes, "clip": args.clip, "ssl": args.ssl, "device": str(device),
-        "threads": torch.get_num_threads(), "load_average": os.getloadavg(),
-        "torch": torch.__version__, "python": platform.python_version(),
-        "batched_images_per_s": n / t_batched, "single_images_per_s": n / t_single,
-        "batched_over_single": t_single / t_batched, "max_abs_diff_batched_vs_single": worst,
-        "cache_bytes_per_image": cache_bytes / n, "cache_write_images_per_s": n / t_write,
-        "cache_read_images_per_s": n / t_read, "recompute_images_per_s": n / t_recompute,
+        "images": n,
+        "batch_size": args.batch_size,
+        "input_shape": list(shape),
+        "image_size": list(size),
+        "classes_per_image": args.classes,
+        "clip": args.clip,
+        "ssl": args.ssl,
+        "device": str(device),
+        "threads": torch.get_num_threads(),
+        "load_average": os.getloadavg(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "batched_images_per_s": n / t_batched,
+        "single_images_per_s": n / t_single,
+        "batched_over_single": t_single / t_batched,
+        "max_abs_diff_batched_vs_single": worst,
+        "cache_bytes_per_image": cache_bytes / n,
+        "cache_write_images_per_s": n / t_write,
+        "cache_read_images_per_s": n / t_read,
+        "recompute_images_per_s": n / t_recompute,
         "read_over_recompute": t_recompute / t_read,
     }
-    print(f"co-segmentation of {n} images {shape[0]}x{shape[1]} ({args.clip} + {args.ssl}, random init, "
-          f"{device}, {result['threads']} threads, load {result['load_average'][0]:.2f})")
+    print(
+        f"co-segmentation of {n} images {shape[0]}x{shape[1]} ({args.clip} + {args.ssl}, random init, "
+        f"{device}, {result['threads']} threads, load {result['load_average'][0]:.2f})"
+    )
     print(f"  batched (batch {args.batch_size}) {result['batched_images_per_s']:8.2f} img/s")
-    print(f"  one at a time       {result['single_images_per_s']:8.2f} img/s   "
-          f"batched/single = {result['batched_over_single']:.2f}x (max |diff| {worst:.1e})")
-    print(f"  cache: {result['cache_bytes_per_image'] / 1024:.1f} KiB/image; read + masks at {size[0]}x{size[1]} "
-          f"{result['cache_read_images_per_s']:8.1f} img/s vs recompute {result['recompute_images_per_s']:.2f} img/s "
-          f"= {result['read_over_recompute']:.0f}x")
+    print(
+        f"  one at a time       {result['single_images_per_s']:8.2f} img/s   "
+        f"batched/single = {result['batched_over_single']:.2f}x (max |diff| {worst:.1e})"
+    )
+    print(
+        f"  cache: {result['cache_bytes_per_image'] / 1024:.1f} KiB/image; read + masks at {size[0]}x{size[1]} "
+        f"{result['cache_read_images_per_s']:8.1f} img/s vs recompute {result['recompute_images_per_s']:.2f} img/s "
+        f"= {result['read_over_recompute']:.0f}x"
+    )
     write_json(args.output, result)
     return result
 

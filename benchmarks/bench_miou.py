@@ -36,8 +36,9 @@ def make_batches(n: int, batch: int, size: int, classes: int, void: float, devic
     out = []
     for _ in range(n):
         pred = torch.randint(0, classes, (batch, size, size), generator=gen)
-        target = torch.where(torch.rand(pred.shape, generator=gen) < 0.5, pred,
-                             torch.randint(0, classes, pred.shape, generator=gen))
+        target = torch.where(
+            torch.rand(pred.shape, generator=gen) < 0.5, pred, torch.randint(0, classes, pred.shape, generator=gen)
+        )
         target[torch.rand(pred.shape, generator=gen) < void] = 255
         out.append((pred.to(device), target.to(device)))
     return out
@@ -86,8 +87,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--void", type=float, default=0.05, help="fraction of target pixels set to 255")
     parser.add_argument("--repeats", type=int, default=3, help="timed passes; the best is kept")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
-    parser.add_argument("--threads", type=int, default=0,
-                        help="torch intra-op threads (0: torch's default); 1 is steadier on a busy machine")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="torch intra-op threads (0: torch's default); 1 is steadier on a busy machine",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
@@ -118,28 +123,51 @@ def main(argv: list[str] | None = None) -> int:
         ("torchmetrics MulticlassJaccardIndex", t_tm),
         ("  same, validate_args=False", t_nv),
     ]
-    print(f"{pixels:,} pixels ({args.batches} x {args.batch_size}x{args.size}x{args.size}), "
-          f"{args.classes} classes, {args.void:.0%} void, device {args.device}, "
-          f"torch threads {torch.get_num_threads()}, best of {args.repeats}")
+    print(
+        f"{pixels:,} pixels ({args.batches} x {args.batch_size}x{args.size}x{args.size}), "
+        f"{args.classes} classes, {args.void:.0%} void, device {args.device}, "
+        f"torch threads {torch.get_num_threads()}, best of {args.repeats}"
+    )
     print(f"{'implementation':<42}{'best s':>10}{'Mpixel/s':>12}{'ours/this':>11}")
     for name, t in rows:
         print(f"{name:<42}{t:>10.4f}{pixels / t / 1e6:>12.1f}{t / t_ours:>11.2f}")
     ratio = t_tm / t_ours  # = throughput ours / throughput torchmetrics (same pixels)
-    print(f"throughput ratio ours/torchmetrics: {ratio:.2f}  (>1: ours faster; "
-          f"{t_nv / t_ours:.2f} against validate_args=False)")
+    print(
+        f"throughput ratio ours/torchmetrics: {ratio:.2f}  (>1: ours faster; "
+        f"{t_nv / t_ours:.2f} against validate_args=False)"
+    )
     print(f"max |IoU difference|: {max_diff:.2e}  -> {'agree' if agree else 'DISAGREE'} (tolerance 1e-6)")
 
-    write_json(args.output, {
-        "pixels": pixels, "batches": args.batches, "batch_size": args.batch_size, "size": args.size,
-        "classes": args.classes, "void": args.void, "repeats": args.repeats, "device": args.device,
-        "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
-        "load_average_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None, "torch": torch.__version__,
-        "torchmetrics": torchmetrics.__version__, "python": platform.python_version(),
-        "machine": platform.machine(), "processor": platform.processor(),
-        "ours_s": t_ours, "torchmetrics_s": t_tm, "torchmetrics_novalidate_s": t_nv,
-        "ours_pixels_per_s": pixels / t_ours, "torchmetrics_pixels_per_s": pixels / t_tm,
-        "ratio_ours_over_torchmetrics": ratio, "ratio_ours_over_torchmetrics_novalidate": t_nv / t_ours, "max_abs_iou_diff": max_diff, "agree": agree,
-    })
+    write_json(
+        args.output,
+        {
+            "pixels": pixels,
+            "batches": args.batches,
+            "batch_size": args.batch_size,
+            "size": args.size,
+            "classes": args.classes,
+            "void": args.void,
+            "repeats": args.repeats,
+            "device": args.device,
+            "torch_threads": torch.get_num_threads(),
+            "cpu_count": os.cpu_count(),
+            "load_average_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+            "torch": torch.__version__,
+            "torchmetrics": torchmetrics.__version__,
+            "python": platform.python_version(),
+            "machine": platform.machine(),
+            "processor": platform.processor(),
+            "ours_s": t_ours,
+            "torchmetrics_s": t_tm,
+            "torchmetrics_novalidate_s": t_nv,
+            "ours_pixels_per_s": pixels / t_ours,
+            "torchmetrics_pixels_per_s": pixels / t_tm,
+            "ratio_ours_over_torchmetrics": ratio,
+            "ratio_ours_over_torchmetrics_novalidate": t_nv / t_ours,
+            "max_abs_iou_diff": max_diff,
+            "agree": agree,
+        },
+    )
     print(f"wrote {args.output}")
     return 0 if agree else 1
 

@@ -45,6 +45,7 @@ class CacheError(ValueError):
 
 def _normalise(value: Any) -> Any:
     """JSON round-trip so that tuples/lists, numpy scalars and ints/floats compare as stored."""
+
     def default(obj):
         if isinstance(obj, np.generic):
             return obj.item()
@@ -53,6 +54,7 @@ def _normalise(value: Any) -> Any:
         if isinstance(obj, os.PathLike):
             return os.fspath(obj)
         raise TypeError(f"provenance value {obj!r} ({type(obj).__name__}) is not JSON-serialisable")
+
     return json.loads(json.dumps(value, sort_keys=True, default=default))
 
 
@@ -205,8 +207,9 @@ class CacheReader:
         ids = list(ids)  # an iterator would be spent by the first pass, and the count would read 0
         missing = [i for i in ids if i not in self]
         if missing:
-            raise CacheError(f"{self.path}: no {what} for {len(missing)} of the {len(ids)} images "
-                             f"of the step, e.g. {missing[0]!r}")
+            raise CacheError(
+                f"{self.path}: no {what} for {len(missing)} of the {len(ids)} images of the step, e.g. {missing[0]!r}"
+            )
 
     def get(self, image_id: str) -> dict[str, np.ndarray]:
         """All arrays of one image (as stored: float16 stays float16).
@@ -243,7 +246,9 @@ def open_cache(path: str | os.PathLike, expected: Mapping | None = None) -> Cach
     """
     path = Path(path)
     if not path.exists():
-        hint = " (an unfinished .partial.h5 exists: re-run the stage to resume it)" if _partial_path(path).exists() else ""
+        hint = (
+            " (an unfinished .partial.h5 exists: re-run the stage to resume it)" if _partial_path(path).exists() else ""
+        )
         raise CacheError(f"{path}: cache not found{hint}")
     try:
         handle = h5py.File(path, "r")
@@ -254,8 +259,11 @@ def open_cache(path: str | os.PathLike, expected: Mapping | None = None) -> Cach
         problems = provenance_mismatch(provenance, expected)
         if problems:
             handle.close()
-            raise CacheError(f"{path} is stale, produced with other settings: " + "; ".join(problems)
-                             + ". Re-run the stage that writes it (snakemake --forcerun <rule>).")
+            raise CacheError(
+                f"{path} is stale, produced with other settings: "
+                + "; ".join(problems)
+                + ". Re-run the stage that writes it (snakemake --forcerun <rule>)."
+            )
     return CacheReader(path, handle, provenance)
 
 

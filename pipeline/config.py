@@ -10,8 +10,17 @@ method into an ablation table.
 from __future__ import annotations
 
 import copy
+import functools
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
+
+import jsonschema
+import yaml
+
+#: The one source of every default (validated by :data:`SCHEMA_PATH`), at the workflow's root.
+DEFAULTS_PATH = Path(__file__).resolve().parents[1] / "config.yaml"
+SCHEMA_PATH = Path(__file__).resolve().parents[1] / "schemas" / "config.schema.yaml"
 
 
 def merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
@@ -38,8 +47,9 @@ def resolve_method(methods: Mapping[str, Mapping], name: str) -> tuple[str, dict
         KeyError: ``name`` or its base is not in ``methods``; a variant of a variant.
     """
     if name not in methods:
-        raise KeyError(f"method {name!r} has no section under `methods:` in the config "
-                       f"(known: {', '.join(sorted(methods))})")
+        raise KeyError(
+            f"method {name!r} has no section under `methods:` in the config (known: {', '.join(sorted(methods))})"
+        )
     entry = dict(methods[name])
     base = entry.pop("method", name)
     if base == name:
@@ -71,4 +81,53 @@ def variant_changes(methods: Mapping[str, Mapping], name: str) -> dict[str, Any]
     return {key: after[key] for key in after if before.get(key) != after[key]}
 
 
-__all__ = ["merge", "resolve_method", "variant_changes"]
+@functools.cache
+def _yaml(path: Path) -> dict:
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path} not found: stages read their defaults from the workflow's config.yaml "
+            "(run from a checkout of the repository, or pass every key)"
+        )
+    with open(path) as handle:
+        return yaml.safe_load(handle)
+
+
+def _check_known(defaults: Mapping, given: Mapping, where: str) -> None:
+    """Every key of ``given`` exists in ``defaults`` (recursively), else ValueError naming it."""
+    for key, value in given.items():
+        if key not in defaults:
+            raise ValueError(f"{where}.{key}: unknown key; expected one of {sorted(defaults)}")
+        if isinstance(defaults[key], Mapping):
+            if not isinstance(value, Mapping):
+                raise ValueError(f"{where}.{key}: expected a mapping, got {value!r}")
+            _check_known(defaults[key], value, f"{where}.{key}")
+
+
+def validated_section(name: str, given: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Config section ``name`` of config.yaml with ``given`` merged onto it (nested mappings key by
+    key), checked against its schema (schemas/config.schema.yaml).
+
+    For stages run by hand with a partial ``--params``: the rules always pass the full section, and
+    the defaults live only in config.yaml.
+
+    Args:
+        name: a top-level section (``coseg``, ``memory``, ...).
+        given: the keys to override (None: the defaults).
+    Returns:
+        A new dict, the complete section.
+    Raises:
+        ValueError: an unknown key or a bad value, naming ``<name>.<key>`` and what the schema expects.
+    """
+    schema = _yaml(SCHEMA_PATH)
+    defaults = _yaml(DEFAULTS_PATH)[name]
+    _check_known(defaults, given or {}, name)
+    section = merge(defaults, given or {})
+    try:
+        jsonschema.validate(section, {"$defs": schema.get("$defs", {}), **schema["properties"][name]})
+    except jsonschema.ValidationError as error:
+        where = ".".join(str(p) for p in error.absolute_path)
+        raise ValueError(f"{name}{'.' + where if where else ''}: {error.message}") from None
+    return section
+
+
+__all__ = ["DEFAULTS_PATH", "SCHEMA_PATH", "merge", "resolve_method", "validated_section", "variant_changes"]

@@ -26,34 +26,39 @@ def _manual_attention(model, images):
         for block in model.blocks[:-1]:
             x = block(x)
         last = model.blocks[-1]
-        x = torch.nn.functional.layer_norm(x, last.norm1.normalized_shape, last.norm1.weight,
-                                           last.norm1.bias, last.norm1.eps)
-        qkv = x @ last.attn.qkv.weight.T + last.attn.qkv.bias                  # (B, L, 3C)
+        x = torch.nn.functional.layer_norm(
+            x, last.norm1.normalized_shape, last.norm1.weight, last.norm1.bias, last.norm1.eps
+        )
+        qkv = x @ last.attn.qkv.weight.T + last.attn.qkv.bias  # (B, L, 3C)
         batch, tokens, _ = qkv.shape
         heads = last.attn.num_heads
         dim = qkv.shape[-1] // 3 // heads
         q, k, _ = qkv.reshape(batch, tokens, 3, heads, dim).permute(2, 0, 3, 1, 4)
-        return torch.softmax(q @ k.transpose(-2, -1) / dim ** 0.5, dim=-1)
+        return torch.softmax(q @ k.transpose(-2, -1) / dim**0.5, dim=-1)
 
 
 def test_seed_attention_is_the_mean_of_softmax_rows(vit):
     torch.manual_seed(1)
-    images = torch.randn(2, 3, 64, 96)                     # 4 x 6 patch grid
-    seeds = torch.tensor([
-        [[[0, 0], [2, 3], [-1, -1]], [[3, 5], [-1, -1], [-1, -1]]],
-        [[[1, 1], [1, 2], [3, 0]], [[-1, -1], [-1, -1], [-1, -1]]],
-    ])
+    images = torch.randn(2, 3, 64, 96)  # 4 x 6 patch grid
+    seeds = torch.tensor(
+        [
+            [[[0, 0], [2, 3], [-1, -1]], [[3, 5], [-1, -1], [-1, -1]]],
+            [[[1, 1], [1, 2], [3, 0]], [[-1, -1], [-1, -1], [-1, -1]]],
+        ]
+    )
     with torch.no_grad():
         got = seed_attention(vit, images, seeds)
-    full = _manual_attention(vit, images)                   # (2, 6, 25, 25), token 0 = class token
+    full = _manual_attention(vit, images)  # (2, 6, 25, 25), token 0 = class token
+
     def expected(b, points):
         rows = [1 + r * 6 + c for r, c in points]
         return full[b][:, rows, 1:].mean(dim=(0, 1)).reshape(4, 6)
+
     assert got.shape == (2, 2, 4, 6)
     torch.testing.assert_close(got[0, 0], expected(0, [(0, 0), (2, 3)]), atol=1e-6, rtol=1e-5)
     torch.testing.assert_close(got[0, 1], expected(0, [(3, 5)]), atol=1e-6, rtol=1e-5)
     torch.testing.assert_close(got[1, 0], expected(1, [(1, 1), (1, 2), (3, 0)]), atol=1e-6, rtol=1e-5)
-    assert torch.count_nonzero(got[1, 1]) == 0             # no valid seed: zeros
+    assert torch.count_nonzero(got[1, 1]) == 0  # no valid seed: zeros
 
 
 def test_seed_attention_agrees_with_timms_own_attention_matrix(vit):
@@ -82,17 +87,17 @@ def test_seed_outside_the_grid_is_rejected(vit):
 
 def test_seeds_come_from_the_foreground_and_are_reproducible():
     foreground = np.zeros((6, 7), dtype=bool)
-    foreground[1:4, 2:6] = True                             # 12 cells
-    foreground[5, 0] = True                                  # 13
+    foreground[1:4, 2:6] = True  # 12 cells
+    foreground[5, 0] = True  # 13
     for image_id in ("a", "b", "2007_000032"):
         seeds = sample_seeds(foreground, 9, seed_rng(0, image_id))
         assert seeds.shape == (9, 2)
         assert foreground[seeds[:, 0], seeds[:, 1]].all()
-        assert len({tuple(s) for s in seeds}) == 9           # without replacement
+        assert len({tuple(s) for s in seeds}) == 9  # without replacement
         again = sample_seeds(foreground, 9, seed_rng(0, image_id))
         assert np.array_equal(seeds, again)
     draws = {tuple(map(tuple, sample_seeds(foreground, 9, seed_rng(s, "a")))) for s in range(6)}
-    assert len(draws) > 1                                    # the config seed matters
+    assert len(draws) > 1  # the config seed matters
     # fewer foreground cells than seeds: all of them, then -1 padding
     few = np.zeros((3, 3), dtype=bool)
     few[0, 1] = few[2, 2] = True
@@ -117,8 +122,13 @@ def test_ibot_and_dino_checkpoints_map_onto_timm(tmp_path, vit):
     # iBOT checkpoint_teacher.pth: {"state_dict": {...}} plus the mask token; full checkpoints:
     # {"teacher": {"backbone.*", "head.*"}}; DINO: a plain state dict.
     ibot = {"state_dict": {**state, "masked_embed": torch.zeros(384)}}
-    full = {"teacher": {**{f"module.backbone.{k}": v for k, v in state.items()},
-                        "head.mlp.0.weight": torch.zeros(2, 384), "head.last_layer.weight_g": torch.ones(1)}}
+    full = {
+        "teacher": {
+            **{f"module.backbone.{k}": v for k, v in state.items()},
+            "head.mlp.0.weight": torch.zeros(2, 384),
+            "head.last_layer.weight_g": torch.ones(1),
+        }
+    }
     for name, obj, kind in (("ibot.pth", ibot, "ibot"), ("full.pth", full, "ibot"), ("dino.pth", state, "dino")):
         torch.save(obj, tmp_path / name)
         torch.manual_seed(5)
@@ -131,7 +141,7 @@ def test_checkpoint_pos_embed_of_another_grid_is_resampled(tmp_path):
     import timm
 
     torch.manual_seed(0)
-    small = timm.create_model("vit_small_patch16_224", img_size=112, num_classes=0)   # 7 x 7 grid
+    small = timm.create_model("vit_small_patch16_224", img_size=112, num_classes=0)  # 7 x 7 grid
     torch.save(small.state_dict(), tmp_path / "dino.pth")
     model = load_ssl("vit_small_patch16_224", "dino", tmp_path / "dino.pth")
     assert model.pos_embed.shape == (1, 1 + 14 * 14, 384)

@@ -21,14 +21,13 @@ from pipeline.metrics.quality import MaskQuality
 
 def square(top: int, left: int, side: int = 3, shape=(10, 10)) -> np.ndarray:
     mask = np.zeros(shape, dtype=bool)
-    mask[top: top + side, left: left + side] = True
+    mask[top : top + side, left : left + side] = True
     return mask
 
 
 # Boundary of the 3x3 square at rows 2-4, cols 2-4 (a pixel differing from its E, S or SE
 # neighbour): 5 inside pixels on the bottom row / right column, 7 outside pixels above / left.
-SQUARE_BOUNDARY = {(4, 2), (4, 3), (4, 4), (2, 4), (3, 4),
-                   (1, 1), (1, 2), (1, 3), (1, 4), (2, 1), (3, 1), (4, 1)}
+SQUARE_BOUNDARY = {(4, 2), (4, 3), (4, 4), (2, 4), (3, 4), (1, 1), (1, 2), (1, 3), (1, 4), (2, 1), (3, 1), (4, 1)}
 
 
 def test_seg2bmap_of_a_square_by_hand():
@@ -44,33 +43,37 @@ def test_seg2bmap_image_border_is_not_a_boundary():
     assert set(zip(*np.nonzero(seg2bmap(left)))) == {(r, 2) for r in range(5)}
 
 
-@pytest.mark.parametrize("shift, tolerance, matched", [
-    (0, 0, 12),   # identical
-    (1, 0, 6),    # shared pixels: (4,2) (4,3) (4,4) (1,2) (1,3) (1,4)
-    (1, 1, 12),   # every pixel has its copy 1 px away
-    (2, 1, 8),    # 4 of 12 are 2 px or sqrt(5) px away on each side
-])
+@pytest.mark.parametrize(
+    "shift, tolerance, matched",
+    [
+        (0, 0, 12),  # identical
+        (1, 0, 6),  # shared pixels: (4,2) (4,3) (4,4) (1,2) (1,3) (1,4)
+        (1, 1, 12),  # every pixel has its copy 1 px away
+        (2, 1, 8),  # 4 of 12 are 2 px or sqrt(5) px away on each side
+    ],
+)
 def test_square_shifted_within_and_beyond_the_tolerance(shift, tolerance, matched):
     counts = boundary_counts(square(2, 2 + shift), square(2, 2), tolerance)
     np.testing.assert_array_equal(counts, [matched, 12, matched, 12])
     assert contour_f_score(square(2, 2 + shift), square(2, 2), tolerance) == pytest.approx(matched / 12)
 
 
-@pytest.mark.parametrize("shift, tolerance, expected", [(1, 0, 0.0), (1, 1, 1.0), (2, 1, 0.0), (2, 2, 1.0),
-                                                        (3, 2.5, 0.0), (3, 3, 1.0)])
+@pytest.mark.parametrize(
+    "shift, tolerance, expected", [(1, 0, 0.0), (1, 1, 1.0), (2, 1, 0.0), (2, 2, 1.0), (3, 2.5, 0.0), (3, 3, 1.0)]
+)
 def test_straight_edge_matches_iff_shift_within_tolerance(shift, tolerance, expected):
     gt = np.zeros((8, 12), bool)
     gt[:, :4] = True
     pred = np.zeros((8, 12), bool)
-    pred[:, :4 + shift] = True
+    pred[:, : 4 + shift] = True
     assert contour_f_score(pred, gt, tolerance) == expected
 
 
 def test_tolerance_conventions():
     assert tolerance_pixels(None, (375, 500)) == 5  # ceil(0.008 * 625)
-    assert tolerance_pixels(None, (96, 96)) == 2    # ceil(0.008 * 135.8)
+    assert tolerance_pixels(None, (96, 96)) == 2  # ceil(0.008 * 135.8)
     assert tolerance_pixels(0.01, (300, 400)) == 5  # fraction of the diagonal 500
-    assert tolerance_pixels(3, (10, 10)) == 3       # >= 1: pixels
+    assert tolerance_pixels(3, (10, 10)) == 3  # >= 1: pixels
     assert tolerance_pixels(0, (10, 10)) == 0
     with pytest.raises(ValueError, match="-1"):
         tolerance_pixels(-1, (10, 10))
@@ -78,9 +81,9 @@ def test_tolerance_conventions():
 
 def test_empty_mask_conventions():
     empty = np.zeros((10, 10), bool)
-    assert math.isnan(contour_f_score(empty, empty))                 # not counted
-    assert contour_f_score(empty, square(2, 2)) == 0.0               # missed object
-    assert contour_f_score(square(2, 2), empty) == 0.0               # hallucinated object
+    assert math.isnan(contour_f_score(empty, empty))  # not counted
+    assert contour_f_score(empty, square(2, 2)) == 0.0  # missed object
+    assert contour_f_score(square(2, 2), empty) == 0.0  # hallucinated object
     p, r, f = f_from_counts(np.array([[0, 0, 0, 0], [0, 0, 0, 5], [3, 4, 0, 0], [0, 4, 0, 6]]))
     np.testing.assert_array_equal(np.isnan(f), [True, False, False, False])
     np.testing.assert_array_equal(f[1:], [0.0, 0.0, 0.0])
@@ -91,14 +94,14 @@ def test_dataset_accumulates_counts_not_per_image_scores():
     contour = ContourFScore([1], tolerance=1)
     a = np.zeros((8, 12), np.uint8)
     a[:, :4] = 1
-    contour.update(a, a)                                   # 8 of 8 matched (F = 1)
+    contour.update(a, a)  # 8 of 8 matched (F = 1)
     gt = np.zeros((16, 12), np.uint8)
     gt[:, :4] = 1
     pred = np.zeros((16, 12), np.uint8)
     pred[:, :6] = 1
-    contour.update(pred, gt)                               # 0 of 16 matched (F = 0)
+    contour.update(pred, gt)  # 0 of 16 matched (F = 0)
     np.testing.assert_array_equal(contour.counts, [[8, 24, 8, 24]])
-    assert contour.mean_f() == pytest.approx(1 / 3)        # not (1 + 0) / 2
+    assert contour.mean_f() == pytest.approx(1 / 3)  # not (1 + 0) / 2
     assert contour.n_images == 2
 
 
@@ -136,8 +139,8 @@ def test_mask_quality_three_classes_by_hand():
 
 def test_mask_quality_void_and_unmeasured_classes():
     gt = GT3.copy()
-    gt[:, 4] = 255                         # void band beside class 1
-    gt[:, 8:] = 7                          # class 7 is not measured: background
+    gt[:, 4] = 255  # void band beside class 1
+    gt[:, 8:] = 7  # class 7 is not measured: background
     pred = PRED3.copy()
     pred[:, 8:] = 0
     quality = MaskQuality([1], tolerance=0)
@@ -156,14 +159,14 @@ def test_mask_quality_unlabelled_pred_and_absent_class():
     gt = np.zeros((4, 4), np.uint8)
     gt[:2, :2] = 1
     pred = gt.copy()
-    pred[0, :2] = 255                      # unlabelled: a miss of class 1, no false positive
+    pred[0, :2] = 255  # unlabelled: a miss of class 1, no false positive
     quality = MaskQuality([1, 3], tolerance=1)
     quality.update(pred, gt)
     result = quality.result()
     assert result["per_class_iou"]["aeroplane"] == 0.5
     assert result["per_class_iou"]["background"] == 1.0
     assert result["per_class_iou"]["bird"] is None and result["per_class_f"]["bird"] is None
-    assert result["miou"] == 0.75          # None left out of the mean
+    assert result["miou"] == 0.75  # None left out of the mean
 
 
 def test_mask_quality_errors_name_the_value():
@@ -174,6 +177,10 @@ def test_mask_quality_errors_name_the_value():
         quality.update(np.zeros((4, 4), np.uint8), np.zeros((4, 5), np.uint8))
     with pytest.raises(ValueError, match="255"):
         MaskQuality([255])
-    assert MaskQuality([1]).result() == {"miou": None, "per_class_iou": {"background": None, "aeroplane": None},
-                                         "contour_f": None, "per_class_f": {"background": None, "aeroplane": None},
-                                         "n_images": 0}
+    assert MaskQuality([1]).result() == {
+        "miou": None,
+        "per_class_iou": {"background": None, "aeroplane": None},
+        "contour_f": None,
+        "per_class_f": {"background": None, "aeroplane": None},
+        "n_images": 0,
+    }

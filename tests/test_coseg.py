@@ -25,7 +25,7 @@ from pipeline.foundation.coseg import (
 
 
 def test_top_k_quantile_rule_keeps_the_top_1_minus_k():
-    attention = np.arange(10, dtype=float).reshape(2, 5)          # values 0..9
+    attention = np.arange(10, dtype=float).reshape(2, 5)  # values 0..9
     # T = 0.7-quantile of 0..9 = 6.3 -> values 7, 8, 9 (the top 30 %)
     expected = attention > 6.5
     assert np.array_equal(binarize_top_k(attention, 0.7, "quantile"), expected)
@@ -36,7 +36,7 @@ def test_top_k_quantile_rule_keeps_the_top_1_minus_k():
 
 
 def test_top_k_mass_rule_is_dinos():
-    attention = np.array([[1.0, 2.0], [3.0, 4.0]])                 # mass 0.1, 0.2, 0.3, 0.4
+    attention = np.array([[1.0, 2.0], [3.0, 4.0]])  # mass 0.1, 0.2, 0.3, 0.4
     # the fewest largest values holding 70 % of the mass: 0.4 + 0.3
     assert binarize_top_k(attention, 0.7, "mass").tolist() == [[False, False], [True, True]]
     # 85 %: 0.4 + 0.3 = 0.7 is not enough, 0.4 + 0.3 + 0.2 = 0.9 is
@@ -49,9 +49,9 @@ def test_top_k_is_per_map_and_drops_ties_at_the_threshold():
     out = binarize_top_k(maps, 0.7)
     assert out.shape == (2, 2, 5) and np.array_equal(out[0], out[1])
     flat = np.zeros((4, 4))
-    flat[0, 0] = 1.0                                                # T = 0 -> only the peak
+    flat[0, 0] = 1.0  # T = 0 -> only the peak
     assert binarize_top_k(flat, 0.7).sum() == 1
-    assert not binarize_top_k(np.ones((4, 4)), 0.7).any()          # constant map: nothing above T
+    assert not binarize_top_k(np.ones((4, 4)), 0.7).any()  # constant map: nothing above T
     with pytest.raises(ValueError, match="top_k_rule"):
         binarize_top_k(flat, 0.7, "percent")
     with pytest.raises(ValueError, match="top_k"):
@@ -76,10 +76,10 @@ def test_initial_mask_binarisation_normalises_and_takes_the_argmax():
     scores = np.array([[[0.1, 0.2, 0.3, 0.4]], [[0.5, 0.0, 0.0, 0.1]]], dtype=np.float32)
     mask = binarize_initial_mask(scores, 0.5)
     assert mask[0].tolist() == [[False, False, True, True]]
-    assert mask[1].tolist() == [[True, False, False, False]]         # normalised 1, 0, 0, 0.2
+    assert mask[1].tolist() == [[True, False, False, False]]  # normalised 1, 0, 0, 0.2
     single = binarize_initial_mask(scores[:1], 0.3)
     assert single.tolist() == [[[False, True, True, True]]]
-    assert not binarize_initial_mask(np.full((1, 2, 2), 0.2), 0.5).any()   # constant map
+    assert not binarize_initial_mask(np.full((1, 2, 2), 0.2), 0.5).any()  # constant map
 
 
 def test_seed_foreground_falls_back_so_every_class_has_seeds():
@@ -104,17 +104,21 @@ def test_label_map_resolves_overlaps_by_score():
 
 def test_coseg_masks_upsample_then_binarise_and_fuse():
     clip = np.zeros((1, 2, 2), np.float16)
-    clip[0, 0, 0] = 1.0                                   # top-left cell
+    clip[0, 0, 0] = 1.0  # top-left cell
     attention = np.zeros((1, 2, 2), np.float16)
-    attention[0, 1, 1] = 1.0                              # bottom-right cell
+    attention[0, 1, 1] = 1.0  # bottom-right cell
     arrays = {"classes": np.array([17]), "clip": clip, "attention": attention}
     classes, union = coseg_masks(arrays, {}, (4, 4))
     assert classes == [17] and union.shape == (1, 4, 4) and union.dtype == bool
     maps = coseg_maps(arrays, {"fusion": "none"}, (4, 4))
     # bilinear 2x2 -> 4x4 (align_corners=False) of [[1, 0], [0, 0]]: rows [1, .75, .25, 0],
     # [.75, .5625, .1875, 0], [.25, .1875, .0625, 0], [0, 0, 0, 0]; > 0.5 after min-max
-    assert maps["initial"][0].tolist() == [[True, True, False, False], [True, True, False, False],
-                                           [False] * 4, [False] * 4]
+    assert maps["initial"][0].tolist() == [
+        [True, True, False, False],
+        [True, True, False, False],
+        [False] * 4,
+        [False] * 4,
+    ]
     # the mirror image for the attention: 7 zeros, .0625, .1875 x2, .25 x2, .5625, .75 x2, 1;
     # its 0.7-quantile (position 10.5 of 0..15) is .25, so the four values above it are kept
     assert np.argwhere(maps["seeds"][0]).tolist() == [[2, 2], [2, 3], [3, 2], [3, 3]]
@@ -132,14 +136,20 @@ def test_coseg_masks_upsample_then_binarise_and_fuse():
 def test_provenance_ignores_read_time_keys_and_names_weights(tmp_path):
     base = {"clip": {"pretrained": "none"}, "ssl": {"pretrained": "none"}}
     reference = expected_provenance(base)
-    for key, value in (("fusion", "intersection"), ("top_k", 0.8), ("top_k_rule", "mass"),
-                       ("clip_threshold", 0.3), ("batch_size", 2)):
+    for key, value in (
+        ("fusion", "intersection"),
+        ("top_k", 0.8),
+        ("top_k_rule", "mass"),
+        ("clip_threshold", 0.3),
+        ("batch_size", 2),
+    ):
         assert expected_provenance({**base, key: value}) == reference, key
     for key, value in (("seed", 1), ("n_seeds", 3), ("input_size", 224), ("seed_threshold", 0.4)):
         assert expected_provenance({**base, key: value}) != reference, key
     other = expected_provenance({**base, "clip": {"model": "ViT-L-14", "pretrained": "none"}})
     assert other["clip_model"] == "ViT-L-14"
     from pipeline import __version__
+
     assert reference["version"] == __version__
     checkpoint = tmp_path / "ibot.pth"
     checkpoint.write_bytes(b"weights")
@@ -165,9 +175,12 @@ def test_config_errors_name_the_key():
 
 # ------------------------------------------------------------------------------------------ stage
 
-TINY_MODELS = {"clip": {"model": "ViT-S-16", "pretrained": "none", "templates": "photo"},
-               "ssl": {"model": "vit_small_patch16_224", "pretrained": "none"},
-               "input_size": 64, "batch_size": 4}
+TINY_MODELS = {
+    "clip": {"model": "ViT-S-16", "pretrained": "none", "templates": "photo"},
+    "ssl": {"model": "vit_small_patch16_224", "pretrained": "none"},
+    "input_size": 64,
+    "batch_size": 4,
+}
 
 
 @pytest.fixture(scope="module")
@@ -177,27 +190,67 @@ def step1(tmp_path_factory):
     root = tmp_path_factory.mktemp("coseg")
     generate(root / "data", n_train=40, n_val=4, size=48, seed=7)
     main(["prepare-data", "--root", str(root / "data"), "--output", str(root / "dataset.json")])
-    main(["splits", "--index", str(root / "dataset.json"), "--task", "15-5", "--protocol", "disjoint",
-          "--outdir", str(root / "splits")])
+    main(
+        [
+            "splits",
+            "--index",
+            str(root / "dataset.json"),
+            "--task",
+            "15-5",
+            "--protocol",
+            "disjoint",
+            "--outdir",
+            str(root / "splits"),
+        ]
+    )
     return root, root / "splits" / "step1.json", root / "dataset.json"
 
 
 def _coseg(split, data, params, out, *extra):
-    main(["coseg", "--split", str(split), "--data", str(data), "--params", json.dumps(params),
-          "--out", str(out), "--device", "cpu", "--no-progress", *extra])
+    main(
+        [
+            "coseg",
+            "--split",
+            str(split),
+            "--data",
+            str(data),
+            "--params",
+            json.dumps(params),
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+            "--no-progress",
+            *extra,
+        ]
+    )
 
 
 def test_oracle_source_gives_perfect_fused_masks(step1):
     root, split, data = step1
     out = root / "oracle" / "coseg.h5"
-    _coseg(split, data, {"source": "oracle"}, out, "--quality", str(root / "oracle" / "quality.json"),
-           "--figure", str(root / "oracle" / "examples.png"))
+    _coseg(
+        split,
+        data,
+        {"source": "oracle"},
+        out,
+        "--quality",
+        str(root / "oracle" / "quality.json"),
+        "--figure",
+        str(root / "oracle" / "examples.png"),
+    )
     quality = json.loads((root / "oracle" / "quality.json").read_text())
     ids = json.loads(split.read_text())["ids"]
     assert quality["n_images"] == len(ids) > 0
     assert quality["fused"]["miou"] == 1.0 and quality["initial"]["miou"] == 1.0
-    assert set(quality["fused"]["per_class_iou"]) == {"background", "pottedplant", "sheep", "sofa", "train",
-                                                      "tvmonitor"}
+    assert set(quality["fused"]["per_class_iou"]) == {
+        "background",
+        "pottedplant",
+        "sheep",
+        "sofa",
+        "train",
+        "tvmonitor",
+    }
     assert (root / "oracle" / "examples.png").stat().st_size > 0
     with open_cache(out, expected_provenance({"source": "oracle"})) as cache:
         assert sorted(cache.ids()) == sorted(ids)
@@ -211,17 +264,21 @@ def test_resume_skips_cached_images_and_stale_cache_is_an_error(step1):
     out = root / "resume" / "coseg.h5"
     params = {"source": "oracle", "n_seeds": 3}
     ids = json.loads(split.read_text())["ids"]
-    marker = {"classes": np.array([16], np.int32), "clip": np.full((1, 2, 2), 0.25, np.float32),
-              "attention": np.zeros((1, 2, 2), np.float32), "seeds": np.full((1, 3, 2), -1, np.int16)}
-    with CacheWriter(out, expected_provenance(params)) as writer:   # a run killed after one image
+    marker = {
+        "classes": np.array([16], np.int32),
+        "clip": np.full((1, 2, 2), 0.25, np.float32),
+        "attention": np.zeros((1, 2, 2), np.float32),
+        "seeds": np.full((1, 3, 2), -1, np.int16),
+    }
+    with CacheWriter(out, expected_provenance(params)) as writer:  # a run killed after one image
         writer.put(ids[0], marker)
     assert not out.exists() and out.with_name("coseg.partial.h5").exists()
     _coseg(split, data, params, out)
     assert out.exists() and not out.with_name("coseg.partial.h5").exists()
     with open_cache(out, expected_provenance(params)) as cache:
         assert len(cache) == len(ids)
-        assert np.all(cache.get(ids[0])["clip"] == np.float16(0.25))      # kept, not recomputed
-        assert cache.get(ids[1])["clip"].shape[1:] == (48, 48)            # computed
+        assert np.all(cache.get(ids[0])["clip"] == np.float16(0.25))  # kept, not recomputed
+        assert cache.get(ids[1])["clip"].shape[1:] == (48, 48)  # computed
     # read-time keys do not matter; compute-time ones do
     open_cache(out, expected_provenance({**params, "fusion": "intersection", "top_k": 0.8})).close()
     with pytest.raises(CacheError, match="n_seeds"):
@@ -250,8 +307,15 @@ def test_clip_source_writes_feature_resolution_scores(step1):
     quality = json.loads((root / "clip" / "quality.json").read_text())
     assert 0.0 <= quality["fused"]["miou"] <= 1.0 and quality["config"]["fusion"] == "union"
     # a quality-only pass with fusion none reads the same cache: fused == initial
-    _coseg(split, data, {**TINY_MODELS, "fusion": "none"}, out, "--quality-only",
-           "--quality", str(root / "clip" / "none.json"))
+    _coseg(
+        split,
+        data,
+        {**TINY_MODELS, "fusion": "none"},
+        out,
+        "--quality-only",
+        "--quality",
+        str(root / "clip" / "none.json"),
+    )
     none = json.loads((root / "clip" / "none.json").read_text())
     assert none["fused"]["miou"] == none["initial"]["miou"] == quality["initial"]["miou"]
 
@@ -265,7 +329,7 @@ def test_batched_co_segmentation_equals_one_image_at_a_time(step1):
     images = torch.rand(3, 3, 64, 96)
     ids, labels = ["x", "y", "z"], [[16, 18], [17], [20]]
     batched = models(images, ids, labels)
-    single = [models(images[i:i + 1], ids[i:i + 1], labels[i:i + 1])[0] for i in range(3)]
+    single = [models(images[i : i + 1], ids[i : i + 1], labels[i : i + 1])[0] for i in range(3)]
     for a, b in zip(batched, single):
         assert a["classes"].tolist() == b["classes"].tolist()
         np.testing.assert_allclose(a["clip"], b["clip"], atol=1e-5)

@@ -18,8 +18,7 @@ from pipeline.data.classes import voc_palette
 from pipeline.data.voc import DatasetError, index_dataset, load_mask, read_ids
 
 VOC_URL = "https://thor.robots.ox.ac.uk/pascal/VOC/voc2012/VOCtrainval_11-May-2012.tar"
-SBD_URL = ("https://www2.eecs.berkeley.edu/Research/Projects/CS/vision/grouping/"
-           "semantic_contours/benchmark.tgz")
+SBD_URL = "https://www2.eecs.berkeley.edu/Research/Projects/CS/vision/grouping/semantic_contours/benchmark.tgz"
 VOC_MD5 = "6cd6e144f989b92b3379bac3b3de84fd"
 SBD_MD5 = "82b4d87ceb2ed10f6038a1cba92111cb"
 
@@ -36,7 +35,7 @@ def _label(image_id: str, offset: int) -> np.ndarray:
     k = int(image_id[-1])
     mask = np.zeros((h, w), dtype=np.uint8)
     mask[2:10, 3:9] = k + offset
-    mask[12:, w // 2:] = 20 - k
+    mask[12:, w // 2 :] = 20 - k
     return mask
 
 
@@ -46,8 +45,9 @@ def write_sbd_mat(path: Path, segmentation: np.ndarray) -> None:
     for k in range(20):
         boundaries[k, 0] = scipy.sparse.csc_matrix(segmentation == k + 1)
     present = np.unique(segmentation[segmentation > 0]).astype(np.uint8)
-    scipy.io.savemat(path, {"GTcls": {"Segmentation": segmentation, "Boundaries": boundaries,
-                                      "CategoriesPresent": present}})
+    scipy.io.savemat(
+        path, {"GTcls": {"Segmentation": segmentation, "Boundaries": boundaries, "CategoriesPresent": present}}
+    )
 
 
 def _build_fake_archive(filename: str, root: Path, broken: set[str]) -> None:
@@ -90,8 +90,11 @@ def fake_download(monkeypatch):
 
 
 def test_archives_are_torchvisions():
-    assert (dl.VOC2012["url"], dl.VOC2012["filename"], dl.VOC2012["md5"]) == \
-        (VOC_URL, "VOCtrainval_11-May-2012.tar", VOC_MD5)
+    assert (dl.VOC2012["url"], dl.VOC2012["filename"], dl.VOC2012["md5"]) == (
+        VOC_URL,
+        "VOCtrainval_11-May-2012.tar",
+        VOC_MD5,
+    )
     assert (dl.SBD["url"], dl.SBD["filename"], dl.SBD["md5"]) == (SBD_URL, "benchmark.tgz", SBD_MD5)
 
 
@@ -146,7 +149,9 @@ def test_download_stage_builds_layout(tmp_path, fake_download):
     assert done["archives"]["VOCtrainval_11-May-2012.tar"]["md5"] == VOC_MD5
     assert done["archives"]["benchmark.tgz"]["md5"] == SBD_MD5
     assert done["lists"]["train_aug"] == {
-        "ids": 5, "sha256": hashlib.sha256((lists / "train_aug.txt").read_bytes()).hexdigest()}
+        "ids": 5,
+        "sha256": hashlib.sha256((lists / "train_aug.txt").read_bytes()).hexdigest(),
+    }
     assert done["lists"]["val"]["ids"] == 2
 
     assert main(argv) == 0  # finished: nothing fetched again

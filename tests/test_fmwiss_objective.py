@@ -16,7 +16,7 @@ from pipeline.models.segmenter import build_segmenter
 from pipeline.train.loop import LoopConfig, fit
 
 MODEL_CFG = {"backbone": "resnet18", "output_stride": 16, "pretrained": "none"}
-NUM_OLD, NEW = 16, [16, 17, 18, 19, 20]   # 15-5, step 1
+NUM_OLD, NEW = 16, [16, 17, 18, 19, 20]  # 15-5, step 1
 
 
 @pytest.fixture(scope="module")
@@ -37,8 +37,9 @@ def step():
 
 
 def _objective(model, context, **kwargs):
-    return FMWISS(context, model.backbone.feature_info.channels()[-1], atrous_rates=segmenter_atrous_rates(model),
-                  **kwargs)
+    return FMWISS(
+        context, model.backbone.feature_info.channels()[-1], atrous_rates=segmenter_atrous_rates(model), **kwargs
+    )
 
 
 def _sample(i: int, size: int = 64) -> dict:
@@ -49,12 +50,19 @@ def _sample(i: int, size: int = 64) -> dict:
     labels = torch.zeros(NUM_OLD + len(NEW))
     pseudo = torch.zeros(len(NEW), size, size)
     pasted = torch.zeros(size, size, dtype=torch.long)
-    new = NEW[i % 2 + 1]                     # 17 or 18
+    new = NEW[i % 2 + 1]  # 17 or 18
     labels[new] = 1.0
     pseudo[NEW.index(new), : size // 2, : size // 2] = 1.0
-    pasted[size // 2 + 8:, size // 2 + 8:] = 3 + i % 2     # an old class instance pasted
-    mask[-4:] = VOID                                        # crop padding
-    return {"id": f"img{i}", "image": image, "valid": mask != VOID, "labels": labels, "pseudo": pseudo, "pasted": pasted}
+    pasted[size // 2 + 8 :, size // 2 + 8 :] = 3 + i % 2  # an old class instance pasted
+    mask[-4:] = VOID  # crop padding
+    return {
+        "id": f"img{i}",
+        "image": image,
+        "valid": mask != VOID,
+        "labels": labels,
+        "pseudo": pseudo,
+        "pasted": pasted,
+    }
 
 
 def _batch(n: int = 2) -> dict:
@@ -72,7 +80,7 @@ def test_warmup_trains_only_the_teacher(step):
     assert set(losses) == {"new_bce", "dcl", "old_bce"}
     assert all(torch.isfinite(v) for v in losses.values()) and float(losses["dcl"].detach()) > 0
     sum(losses.values()).backward()
-    assert all(p.grad is None for p in model.parameters())            # the segmenter gets nothing
+    assert all(p.grad is None for p in model.parameters())  # the segmenter gets nothing
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in fmwiss.teacher.parameters())
     assert all(p.grad is None for p in old.parameters())
 
@@ -98,11 +106,11 @@ def test_student_loss_does_not_train_the_teacher_and_teacher_losses_reach_the_en
     fmwiss = _objective(model, context, warmup_epochs=0)
     batch = _batch()
     losses = fmwiss.losses(batch, model(batch["image"]), epoch=0)
-    losses["all_bce"].backward()                                        # Eq. 11: q is a constant
+    losses["all_bce"].backward()  # Eq. 11: q is a constant
     assert all(p.grad is None for p in fmwiss.teacher.parameters())
     model.zero_grad(set_to_none=True)
     losses = fmwiss.losses(batch, model(batch["image"]), epoch=0)
-    (losses["new_bce"] + losses["old_bce"]).backward()                  # teacher features not detached
+    (losses["new_bce"] + losses["old_bce"]).backward()  # teacher features not detached
     assert all(p.grad is not None for p in model.backbone.parameters())
     assert all(p.grad is None for p in model.classifier.parameters())
 
@@ -112,15 +120,16 @@ def test_targets_old_channels_come_first_from_the_old_model(step):
     model = new_model().eval()
     # the equations as printed (suppress_background is tested below)
     fmwiss = _objective(model, context, alpha=0.5, beta=0.9, suppress_background=False)
-    fmwiss.teacher.eval()                      # no dropout: the teacher gives the same logits twice
+    fmwiss.teacher.eval()  # no dropout: the teacher gives the same logits twice
     batch = _batch()
     with torch.no_grad():
         out = model(batch["image"])
         t = fmwiss.targets(batch, out)
         old_logits = old(batch["image"])["out"]
-        teacher = F.interpolate(fmwiss.teacher(out["features"])["logits"], size=(64, 64), mode="bilinear",
-                                align_corners=False)
-    assert old_logits.shape[1] == context.num_old == NUM_OLD
+        teacher = F.interpolate(
+            fmwiss.teacher(out["features"])["logits"], size=(64, 64), mode="bilinear", align_corners=False
+        )
+    assert old_logits.shape[1] == context.num_old_channels == NUM_OLD
     assert t["teacher_logits"].shape == t["q"].shape == (2, NUM_OLD + len(NEW), 64, 64)
     torch.testing.assert_close(t["teacher_logits"], teacher)
     g = torch.sigmoid(old_logits)
@@ -140,8 +149,10 @@ def test_targets_old_channels_come_first_from_the_old_model(step):
                 assert q.abs().max() == 0
             else:
                 hard = (q - 0.5 * torch.sigmoid(teacher[b, c])) / 0.5
-                assert torch.all(torch.isclose(hard, torch.zeros_like(hard), atol=1e-5)
-                                 | torch.isclose(hard, torch.ones_like(hard), atol=1e-5))
+                assert torch.all(
+                    torch.isclose(hard, torch.zeros_like(hard), atol=1e-5)
+                    | torch.isclose(hard, torch.ones_like(hard), atol=1e-5)
+                )
 
 
 def test_param_groups_and_modules(step):
@@ -180,7 +191,7 @@ def test_shared_loop_runs_warmup_then_eq12(step, tmp_path):
     before = {k: v.clone() for k, v in model.named_parameters()}
     snapshots = []
 
-    def validate(trained):                      # called after every epoch (eval_every=1)
+    def validate(trained):  # called after every epoch (eval_every=1)
         snapshots.append({k: v.detach().clone() for k, v in trained.named_parameters()})
         return {}
 
@@ -207,10 +218,14 @@ def test_suppress_background_inside_new_object_masks():
             b, _, h, w = image.shape
             return {"out": torch.stack([torch.full((b, h, w), 4.0), torch.full((b, h, w), -4.0)], 1)}
 
-    context = StepContext("toy", 1, Old(), num_old=2, new_classes=[2], num_classes=3)
-    batch = {"image": torch.zeros(1, 3, 4, 4), "valid": torch.ones(1, 4, 4, dtype=torch.bool),
-             "labels": torch.tensor([[0.0, 0.0, 1.0]]), "pasted": torch.zeros(1, 4, 4, dtype=torch.long),
-             "pseudo": torch.zeros(1, 1, 4, 4)}
+    context = StepContext("toy", 1, Old(), num_old_channels=2, new_classes=[2], num_classes=3)
+    batch = {
+        "image": torch.zeros(1, 3, 4, 4),
+        "valid": torch.ones(1, 4, 4, dtype=torch.bool),
+        "labels": torch.tensor([[0.0, 0.0, 1.0]]),
+        "pasted": torch.zeros(1, 4, 4, dtype=torch.long),
+        "pseudo": torch.zeros(1, 1, 4, 4),
+    }
     batch["pseudo"][0, 0, :2] = 1.0  # the new object covers the top half
     out = {"features": torch.randn(1, 8, 2, 2), "out": torch.zeros(1, 3, 4, 4)}
     for suppress in (True, False):
@@ -243,7 +258,7 @@ def test_teacher_starts_at_the_prior_and_warms_up_before_the_training_epochs(ste
     assert torch.allclose(probs[:, 0], torch.full_like(probs[:, 0], 0.5))
     assert torch.allclose(probs[:, 1:], torch.full_like(probs[:, 1:], 0.01))
     untouched = _objective(model, context, teacher_prior=None)
-    assert untouched.teacher.classifier.bias.abs().max() < 1.0   # PyTorch's default uniform init
+    assert untouched.teacher.classifier.bias.abs().max() < 1.0  # PyTorch's default uniform init
     with pytest.raises(ValueError, match="teacher_prior"):
         _objective(model, context, teacher_prior=1.0)
 

@@ -15,9 +15,21 @@ pytestmark = pytest.mark.slow
 
 PARAMS = {
     "model": {"backbone": "resnet18", "output_stride": 8, "pretrained": "none"},
-    "train": {"loss": "bce", "epochs": 5, "batch_size": 16, "lr": 0.02, "head_lr_mult": 1.0, "momentum": 0.9,
-              "weight_decay": 1e-4, "poly_power": 0.9, "crop_size": 96, "scale_range": [0.75, 1.25],
-              "amp": True, "eval_every": 0, "eval_batch_size": 40},
+    "train": {
+        "loss": "bce",
+        "epochs": 5,
+        "batch_size": 16,
+        "lr": 0.02,
+        "head_lr_mult": 1.0,
+        "momentum": 0.9,
+        "weight_decay": 1e-4,
+        "poly_power": 0.9,
+        "crop_size": 96,
+        "scale_range": [0.75, 1.25],
+        "amp": True,
+        "eval_every": 0,
+        "eval_batch_size": 40,
+    },
 }
 
 
@@ -27,11 +39,44 @@ def test_step0_learns_the_demo_classes(demo_root, tmp_path):
     step0 = build_splits({i: index["index"][i] for i in index["splits"]["train"]}, "15-5", "overlap", dataset="demo")[0]
     write_json(tmp_path / "step0.json", step0)
     run = tmp_path / "run"
-    main(["train-base", "--split", str(tmp_path / "step0.json"), "--data", str(tmp_path / "dataset.json"),
-          "--params", json.dumps(PARAMS), "--outdir", str(run), "--device", "cpu", "--threads", "2"])
-    main(["evaluate", "--model", str(run / "model.pt"), "--data", str(tmp_path / "dataset.json"),
-          "--split", str(tmp_path / "step0.json"), "--out", str(run / "metrics.json"),
-          "--pred-dir", str(run / "predictions"), "--device", "cpu", "--batch-size", "40", "--threads", "2"])
+    main(
+        [
+            "train-base",
+            "--split",
+            str(tmp_path / "step0.json"),
+            "--data",
+            str(tmp_path / "dataset.json"),
+            "--params",
+            json.dumps(PARAMS),
+            "--outdir",
+            str(run),
+            "--device",
+            "cpu",
+            "--threads",
+            "2",
+        ]
+    )
+    main(
+        [
+            "evaluate",
+            "--model",
+            str(run / "model.pt"),
+            "--data",
+            str(tmp_path / "dataset.json"),
+            "--split",
+            str(tmp_path / "step0.json"),
+            "--out",
+            str(run / "metrics.json"),
+            "--pred-dir",
+            str(run / "predictions"),
+            "--device",
+            "cpu",
+            "--batch-size",
+            "40",
+            "--threads",
+            "2",
+        ]
+    )
     metrics = read_json(run / "metrics.json")
     # chance level is ~1/16 per class; the demo DAG measured 0.72 after these 5 epochs (BCE, the default)
     assert metrics["miou_all"] > 0.55, metrics["per_class_iou"]

@@ -25,16 +25,19 @@ from pipeline.methods.fmwiss.teacher import ASPPTeacher
 LN3 = math.log(3.0)
 
 
-
 # --- Eq. 6 ----------------------------------------------------------------------------------------
 
 # 1 image, channels (background, old, new a, new b), 2x2 pixels (row-major p0..p3).
-T_2x2 = torch.tensor([[
-    [[5.0, 5.0], [5.0, 5.0]],          # background (not read by Eq. 6)
-    [[-5.0, -5.0], [-5.0, -5.0]],      # old (not read by Eq. 6)
-    [[LN3, 0.0], [-LN3, 2.0]],         # new a
-    [[0.0, -1.0], [LN3, 0.0]],         # new b
-]])
+T_2x2 = torch.tensor(
+    [
+        [
+            [[5.0, 5.0], [5.0, 5.0]],  # background (not read by Eq. 6)
+            [[-5.0, -5.0], [-5.0, -5.0]],  # old (not read by Eq. 6)
+            [[LN3, 0.0], [-LN3, 2.0]],  # new a
+            [[0.0, -1.0], [LN3, 0.0]],  # new b
+        ]
+    ]
+)
 M_2x2 = torch.tensor([[[[1.0, 0.0], [0.0, 1.0]], [[0.0, 0.0], [1.0, 0.0]]]])  # masks of a, b
 T_A, T_B = [LN3, 0.0, -LN3, 2.0], [0.0, -1.0, LN3, 0.0]
 M_A, M_B = [1.0, 0.0, 0.0, 1.0], [0.0, 0.0, 1.0, 0.0]
@@ -58,7 +61,7 @@ def test_new_class_bce_loss_by_hand():
 
 def test_new_class_bce_loss_checks():
     with pytest.raises(ValueError):
-        new_class_bce_loss(T_2x2, M_2x2, [1, 2])       # new classes must be the last channels
+        new_class_bce_loss(T_2x2, M_2x2, [1, 2])  # new classes must be the last channels
     with pytest.raises(ValueError):
         new_class_bce_loss(T_2x2, M_2x2[:, :1], [2, 3])
     with pytest.raises(ValueError):
@@ -76,6 +79,7 @@ def test_new_class_bce_loss_checks():
 def _info_nce_by_hand(points, classes, tau):
     """Eq. 7 written out in plain Python: mean over anchors with a positive of the mean over
     positives of -log(e^{i.q+/τ} / (e^{i.q+/τ} + sum_{q-} e^{i.q-/τ}))."""
+
     def dot(u, v):
         return sum(a * b for a, b in zip(u, v))
 
@@ -121,7 +125,7 @@ def test_dense_contrastive_loss_against_plain_python():
 
 def test_dense_contrastive_loss_degenerate_cases_have_finite_gradients():
     points = torch.nn.functional.normalize(torch.randn(4, 8), dim=1).requires_grad_(True)
-    for classes in ([0, 1, 2, 3], [2, 2, 2, 2]):   # no positive at all / no negative at all
+    for classes in ([0, 1, 2, 3], [2, 2, 2, 2]):  # no positive at all / no negative at all
         loss = dense_contrastive_loss(points, torch.tensor(classes), 0.1)
         assert float(loss.detach()) == 0.0
         loss.backward()
@@ -141,9 +145,9 @@ def test_dense_contrastive_loss_degenerate_cases_have_finite_gradients():
 def test_contrastive_pixel_classes():
     # new classes 16, 17 on a 2x3 image; an old class 3 pasted at (1, 2); void at (0, 0).
     pseudo = torch.zeros(1, 2, 2, 3)
-    pseudo[0, 0, 0, :2] = 1.0        # class 16 at (0, 0), (0, 1)
-    pseudo[0, 1, 0, 1:] = 1.0        # class 17 at (0, 1), (0, 2): (0, 1) is ambiguous
-    pseudo[0, 1, 1, 2] = 1.0         # under the pasted instance
+    pseudo[0, 0, 0, :2] = 1.0  # class 16 at (0, 0), (0, 1)
+    pseudo[0, 1, 0, 1:] = 1.0  # class 17 at (0, 1), (0, 2): (0, 1) is ambiguous
+    pseudo[0, 1, 1, 2] = 1.0  # under the pasted instance
     pasted = torch.zeros(1, 2, 3, dtype=torch.long)
     pasted[0, 1, 2] = 3
     valid = torch.ones(1, 2, 3, dtype=torch.bool)
@@ -157,18 +161,18 @@ def test_contrastive_pixel_classes():
 
 def test_sample_class_points_draws_at_most_k_per_class_and_only_that_class():
     classes = torch.full((2, 8, 8), IGNORE, dtype=torch.long)
-    classes[0, :4] = 0                 # 32 pixels of class 0
-    classes[1, :2, :3] = 16            # 6 pixels of class 16
-    classes[1, 5:, :] = 3              # 24 pixels of class 3, in the second image only
-    classes[0, 7, 7] = 17              # 1 pixel of class 17
+    classes[0, :4] = 0  # 32 pixels of class 0
+    classes[1, :2, :3] = 16  # 6 pixels of class 16
+    classes[1, 5:, :] = 3  # 24 pixels of class 3, in the second image only
+    classes[0, 7, 7] = 17  # 1 pixel of class 17
     generator = torch.Generator().manual_seed(0)
     index = sample_class_points(classes, 10, generator)
     drawn = classes.flatten()[index]
-    assert len(set(index.tolist())) == len(index)             # without replacement
-    assert (drawn >= 0).all()                                  # never an ignored pixel
+    assert len(set(index.tolist())) == len(index)  # without replacement
+    assert (drawn >= 0).all()  # never an ignored pixel
     counts = {c: int((drawn == c).sum()) for c in (0, 3, 16, 17)}
     assert counts == {0: 10, 3: 10, 16: 6, 17: 1}
-    assert drawn.tolist() == sorted(drawn.tolist())            # grouped by class
+    assert drawn.tolist() == sorted(drawn.tolist())  # grouped by class
     # same generator state → same points; another → other points of class 0
     again = sample_class_points(classes, 10, torch.Generator().manual_seed(0))
     assert torch.equal(index, again)
@@ -202,7 +206,7 @@ def test_old_class_targets_by_hand():
     expected = torch.tensor([[[[0.75, 0.75]], [[0.5, 0.25]], [[0.25, 1.0]], [[0.5, 0.75]]]])
     torch.testing.assert_close(literal, expected)
     with pytest.raises(ValueError):
-        old_class_targets(OLD_LOGITS, torch.tensor([[[0, 4]]]))   # not an old class
+        old_class_targets(OLD_LOGITS, torch.tensor([[[0, 4]]]))  # not an old class
     with pytest.raises(ValueError):
         old_class_targets(OLD_LOGITS, torch.zeros(1, 2, 2, dtype=torch.long))
 
@@ -238,12 +242,16 @@ def test_distillation_targets_by_hand():
     # σ(T): pixel 0 (3/4, 1/2, 1/4, 1/2) argmax background; pixel 1 (1/4, 1/4, 3/4, 1/2) argmax a
     g = torch.tensor([[[[0.9, 0.1]], [[0.0, 0.3]]]])
     q = distillation_targets(teacher, g, [2, 3], alpha=0.5, beta=0.9)
-    expected = torch.tensor([[
-        [[0.9 * 0.9 + 0.1 * 0.75, 0.9 * 0.1 + 0.1 * 0.25]],     # background: β g + (1 - β) σ(T)
-        [[0.9 * 0.0 + 0.1 * 0.5, 0.9 * 0.3 + 0.1 * 0.25]],      # old
-        [[0.5 * 0 + 0.5 * 0.25, 0.5 * 1 + 0.5 * 0.75]],         # new a: α hard + (1 - α) σ(T)
-        [[0.5 * 0 + 0.5 * 0.5, 0.5 * 0 + 0.5 * 0.5]],           # new b: never the argmax
-    ]])
+    expected = torch.tensor(
+        [
+            [
+                [[0.9 * 0.9 + 0.1 * 0.75, 0.9 * 0.1 + 0.1 * 0.25]],  # background: β g + (1 - β) σ(T)
+                [[0.9 * 0.0 + 0.1 * 0.5, 0.9 * 0.3 + 0.1 * 0.25]],  # old
+                [[0.5 * 0 + 0.5 * 0.25, 0.5 * 1 + 0.5 * 0.75]],  # new a: α hard + (1 - α) σ(T)
+                [[0.5 * 0 + 0.5 * 0.5, 0.5 * 0 + 0.5 * 0.5]],  # new b: never the argmax
+            ]
+        ]
+    )
     torch.testing.assert_close(q, expected)
     # α = 1: the hard one-hot over all classes (pixel 0's argmax is the background, so no new 1)
     hard = distillation_targets(teacher, g, [2, 3], alpha=1.0, beta=0.9)
@@ -251,7 +259,7 @@ def test_distillation_targets_by_hand():
     # image not labelled with a: q_a = 0 and the argmax goes to b at pixel 1 (3/4 > 1/2 excluded)
     labels = torch.tensor([[1.0, 0.0, 0.0, 1.0]])
     restricted = distillation_targets(teacher, g, [2, 3], alpha=0.5, beta=0.9, image_labels=labels)
-    torch.testing.assert_close(restricted[:, :2], expected[:, :2])      # old channels unchanged
+    torch.testing.assert_close(restricted[:, :2], expected[:, :2])  # old channels unchanged
     torch.testing.assert_close(restricted[0, 2], torch.zeros(1, 2))
     torch.testing.assert_close(restricted[0, 3], torch.tensor([[0.25, 0.5 * 1 + 0.5 * 0.5]]))
 
@@ -273,8 +281,9 @@ def test_distillation_targets_checks_and_detaches():
 
 def test_all_class_bce_loss_by_hand():
     logits = T_2x2
-    q = torch.tensor([[[[0.9, 0.8], [0.1, 0.0]], [[0.0, 0.1], [0.2, 0.3]],
-                       [[1.0, 0.0], [0.5, 0.25]], [[0.0, 0.0], [1.0, 0.75]]]])
+    q = torch.tensor(
+        [[[[0.9, 0.8], [0.1, 0.0]], [[0.0, 0.1], [0.2, 0.3]], [[1.0, 0.0], [0.5, 0.25]], [[0.0, 0.0], [1.0, 0.75]]]]
+    )
     lg = logits[0].flatten(1).tolist()
     qq = q[0].flatten(1).tolist()
     expected = sum(_bce(qq[c][i], lg[c][i]) for c in range(4) for i in range(4)) / (4 * 4)  # 1/(|Y^t| |I|)
@@ -318,7 +327,9 @@ def test_aspp_teacher_shapes_and_unit_embeddings():
     assert out["logits"].shape == (2, 5, 7, 9) and out["embedding"].shape == (2, 32, 7, 9)
     norms = out["embedding"].norm(dim=1)
     assert torch.allclose(norms[norms > 0], torch.ones_like(norms[norms > 0]), atol=1e-5)
-    dilations = [m.dilation[0] for m in teacher.aspp.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (3, 3)]
+    dilations = [
+        m.dilation[0] for m in teacher.aspp.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (3, 3)
+    ]
     assert dilations == [6, 12, 18]
     with pytest.raises(ValueError):
         ASPPTeacher(16, num_classes=0)

@@ -147,7 +147,8 @@ def test_iscam_objective_labels_background_present():
     # λ = 1: importance-sampled term over background (present) and the class (absent here)
     torch.manual_seed(0)
     sampled = IsCamObjective(lam=1.0, num_samples=4000, fs_weight=0.0).losses(
-        {"labels": torch.tensor([[0.0]]), "image": torch.zeros(1, 3, 1, 2)}, out, 0)["cls"]
+        {"labels": torch.tensor([[0.0]]), "image": torch.zeros(1, 3, 1, 2)}, out, 0
+    )["cls"]
     # background ∝ (0.2, 0.6): E[-log a] with a = 0.2 w.p. 1/4, 0.6 w.p. 3/4;
     # class ∝ (0.8, 0.4): E[-log(1 - a)] with a = 0.8 w.p. 2/3, 0.4 w.p. 1/3; mean of the two
     background = -(1 / 4) * math.log(0.2) - (3 / 4) * math.log(0.6)

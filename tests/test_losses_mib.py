@@ -8,16 +8,16 @@ from torch.nn import functional as F
 
 from pipeline.methods.mib.losses import unbiased_cross_entropy, unbiased_knowledge_distillation
 
-# 1 image, 4 classes (0 background, 1 old, 2-3 new: num_old = 2), 1x2 pixels.
+# 1 image, 4 classes (0 background, 1 old, 2-3 new: num_old_channels = 2), 1x2 pixels.
 # pixel 0: exp(logits) = (1, 2, 3, 4), sum 10; pixel 1: logits (1, 0, 2, -1).
 LOGITS = torch.tensor([[[[0.0, 1.0]], [[math.log(2.0), 0.0]], [[math.log(3.0), 2.0]], [[math.log(4.0), -1.0]]]])
 Z1 = math.exp(1.0) + 1.0 + math.exp(2.0) + math.exp(-1.0)  # partition function of pixel 1
 
 
-def _uce_reference(logits, target, num_old, ignore_index=255):
+def _uce_reference(logits, target, num_old_channels, ignore_index=255):
     """Eq. 4-5 written with probabilities (no log-sum-exp), for random small logits."""
     p = logits.double().softmax(1)
-    p_tilde = torch.cat([p[:, :num_old].sum(1, keepdim=True), p[:, 1:]], 1)  # channel 0 = bg ∪ old
+    p_tilde = torch.cat([p[:, :num_old_channels].sum(1, keepdim=True), p[:, 1:]], 1)  # channel 0 = bg ∪ old
     valid = target != ignore_index
     labels = target.masked_fill(~valid, 0)
     picked = p_tilde.gather(1, labels.unsqueeze(1)).squeeze(1)
@@ -26,10 +26,10 @@ def _uce_reference(logits, target, num_old, ignore_index=255):
 
 def _ukd_reference(logits, old_logits):
     """Eq. 6-7 written with probabilities, for random small logits."""
-    num_old = old_logits.shape[1]
+    num_old_channels = old_logits.shape[1]
     p = logits.double().softmax(1)
     q = old_logits.double().softmax(1)
-    p_hat = torch.cat([p[:, :1] + p[:, num_old:].sum(1, keepdim=True), p[:, 1:num_old]], 1)
+    p_hat = torch.cat([p[:, :1] + p[:, num_old_channels:].sum(1, keepdim=True), p[:, 1:num_old_channels]], 1)
     return -(q * p_hat.log()).sum(1).mean()
 
 
@@ -40,34 +40,34 @@ def test_unbiased_cross_entropy_by_hand():
     target = torch.tensor([[[0, 3]]])
     # pixel 0, background: p_0 + p_1 (old) = (1 + 2) / 10; pixel 1, new class 3: e^-1 / Z1
     expected = (-math.log(3.0 / 10.0) - math.log(math.exp(-1.0) / Z1)) / 2
-    loss = unbiased_cross_entropy(LOGITS, target, num_old=2)
+    loss = unbiased_cross_entropy(LOGITS, target, num_old_channels=2)
     assert math.isclose(float(loss), expected, rel_tol=1e-6)
     # ordinary cross-entropy would score pixel 0 with p_0 = 1/10 only
     assert not math.isclose(float(loss), float(F.cross_entropy(LOGITS, target)), rel_tol=1e-3)
 
 
 def test_unbiased_cross_entropy_three_classes_by_hand():
-    # 3 classes: background, old class 1, new class 2 (num_old = 2); both pixels background
+    # 3 classes: background, old class 1, new class 2 (num_old_channels = 2); both pixels background
     logits = torch.tensor([[[[2.0, 0.0]], [[0.0, 0.0]], [[1.0, math.log(2.0)]]]])
     target = torch.tensor([[[0, 0]]])
     p0 = (math.exp(2.0) + 1.0) / (math.exp(2.0) + 1.0 + math.exp(1.0))
     p1 = (1.0 + 1.0) / (1.0 + 1.0 + 2.0)
     expected = -(math.log(p0) + math.log(p1)) / 2
-    assert math.isclose(float(unbiased_cross_entropy(logits, target, num_old=2)), expected, rel_tol=1e-6)
+    assert math.isclose(float(unbiased_cross_entropy(logits, target, num_old_channels=2)), expected, rel_tol=1e-6)
 
 
 def test_unbiased_cross_entropy_ignores_void():
     target = torch.tensor([[[0, 255]]])
-    loss = unbiased_cross_entropy(LOGITS, target, num_old=2)
+    loss = unbiased_cross_entropy(LOGITS, target, num_old_channels=2)
     assert math.isclose(float(loss), -math.log(0.3), rel_tol=1e-6)
     # a custom ignore_index: 7 is void, 255 would be out of range
-    loss7 = unbiased_cross_entropy(LOGITS, torch.tensor([[[7, 3]]]), num_old=2, ignore_index=7)
+    loss7 = unbiased_cross_entropy(LOGITS, torch.tensor([[[7, 3]]]), num_old_channels=2, ignore_index=7)
     assert math.isclose(float(loss7), -math.log(math.exp(-1.0) / Z1), rel_tol=1e-6)
 
 
 def test_unbiased_cross_entropy_all_void_is_zero_and_differentiable():
     logits = torch.randn(1, 4, 2, 2, requires_grad=True)
-    loss = unbiased_cross_entropy(logits, torch.full((1, 2, 2), 255), num_old=2)
+    loss = unbiased_cross_entropy(logits, torch.full((1, 2, 2), 255), num_old_channels=2)
     assert float(loss.detach()) == 0.0
     loss.backward()
     assert torch.equal(logits.grad, torch.zeros_like(logits))
@@ -79,7 +79,7 @@ def test_unbiased_cross_entropy_equals_cross_entropy_without_old_classes():
     target = torch.randint(0, 5, (2, 3, 4))
     target[0, 0, :2] = 255
     expected = F.cross_entropy(logits, target, ignore_index=255)
-    assert torch.allclose(unbiased_cross_entropy(logits, target, num_old=1), expected, rtol=1e-6, atol=1e-7)
+    assert torch.allclose(unbiased_cross_entropy(logits, target, num_old_channels=1), expected, rtol=1e-6, atol=1e-7)
 
 
 def test_unbiased_cross_entropy_matches_probability_form():
@@ -88,19 +88,19 @@ def test_unbiased_cross_entropy_matches_probability_form():
     target = torch.randint(3, 6, (2, 3, 3))  # new classes 3..5
     target[:, 0] = 0
     target[1, 2, 2] = 255
-    expected = _uce_reference(logits, target, num_old=3)
-    assert torch.allclose(unbiased_cross_entropy(logits, target, num_old=3), expected, rtol=1e-12)
+    expected = _uce_reference(logits, target, num_old_channels=3)
+    assert torch.allclose(unbiased_cross_entropy(logits, target, num_old_channels=3), expected, rtol=1e-12)
 
 
 def test_unbiased_cross_entropy_background_indifferent_to_old_split():
     # a background pixel is scored with p_0 + p_1: swapping channels 0 and 1 changes nothing,
     # swapping channels 0 and 2 (a new class) does
     target = torch.tensor([[[0, 0]]])
-    base = unbiased_cross_entropy(LOGITS, target, num_old=2)
+    base = unbiased_cross_entropy(LOGITS, target, num_old_channels=2)
     swapped_old = LOGITS[:, [1, 0, 2, 3]]
     swapped_new = LOGITS[:, [2, 1, 0, 3]]
-    assert torch.allclose(unbiased_cross_entropy(swapped_old, target, num_old=2), base, rtol=1e-6)
-    assert not torch.allclose(unbiased_cross_entropy(swapped_new, target, num_old=2), base, rtol=1e-3)
+    assert torch.allclose(unbiased_cross_entropy(swapped_old, target, num_old_channels=2), base, rtol=1e-6)
+    assert not torch.allclose(unbiased_cross_entropy(swapped_new, target, num_old_channels=2), base, rtol=1e-3)
 
 
 def test_unbiased_cross_entropy_invariant_to_per_pixel_shift():
@@ -110,8 +110,8 @@ def test_unbiased_cross_entropy_invariant_to_per_pixel_shift():
     target[:, 1] = 0
     target[0, 2, 3] = 255
     shift = 50.0 * torch.randn(2, 1, 3, 4, dtype=torch.float64)
-    a = unbiased_cross_entropy(logits, target, num_old=2)
-    b = unbiased_cross_entropy(logits + shift, target, num_old=2)
+    a = unbiased_cross_entropy(logits, target, num_old_channels=2)
+    b = unbiased_cross_entropy(logits + shift, target, num_old_channels=2)
     assert torch.allclose(a, b, rtol=1e-10)
 
 
@@ -119,7 +119,7 @@ def test_unbiased_cross_entropy_stable_for_large_logits():
     # exp(1000) overflows; log-sum-exp does not. pixel 0 (background): old class 1 dominates,
     # loss ≈ 0; pixel 1 (new class 2 at -1000 against 1000): loss ≈ 2000
     logits = torch.tensor([[[[0.0, 1000.0]], [[1000.0, 0.0]], [[-1000.0, -1000.0]]]])
-    loss = unbiased_cross_entropy(logits, torch.tensor([[[0, 2]]]), num_old=2)
+    loss = unbiased_cross_entropy(logits, torch.tensor([[[0, 2]]]), num_old_channels=2)
     assert math.isclose(float(loss), 2000.0 / 2, rel_tol=1e-6)
 
 
@@ -127,11 +127,11 @@ def test_unbiased_cross_entropy_gradients():
     torch.manual_seed(3)
     logits = torch.randn(1, 4, 2, 3, dtype=torch.float64, requires_grad=True)
     target = torch.tensor([[[0, 2, 3], [255, 0, 2]]])
-    assert torch.autograd.gradcheck(lambda x: unbiased_cross_entropy(x, target, num_old=2), (logits,))
-    unbiased_cross_entropy(logits, target, num_old=2).backward()
+    assert torch.autograd.gradcheck(lambda x: unbiased_cross_entropy(x, target, num_old_channels=2), (logits,))
+    unbiased_cross_entropy(logits, target, num_old_channels=2).backward()
     assert torch.all(logits.grad[0, :, 1, 0] == 0)  # void pixel gets no gradient
     assert torch.all(logits.grad[0, :, 0, 1] != 0)
-    # background pixel: gradient = p - p·1[c<num_old]/(p_0+p_1); it raises both bg and old
+    # background pixel: gradient = p - p·1[c<num_old_channels]/(p_0+p_1); it raises both bg and old
     p = logits.detach().softmax(1)[0, :, 0, 0]
     mass = p[0] + p[1]
     expected = torch.stack([p[0] - p[0] / mass, p[1] - p[1] / mass, p[2], p[3]]) / 5  # 5 labelled pixels
@@ -140,32 +140,32 @@ def test_unbiased_cross_entropy_gradients():
 
 def test_unbiased_cross_entropy_half_precision_computed_in_float32():
     target = torch.tensor([[[0, 3]]])
-    loss = unbiased_cross_entropy(LOGITS.half(), target, num_old=2)
+    loss = unbiased_cross_entropy(LOGITS.half(), target, num_old_channels=2)
     assert loss.dtype == torch.float32
-    expected = unbiased_cross_entropy(LOGITS.half().float(), target, num_old=2)
+    expected = unbiased_cross_entropy(LOGITS.half().float(), target, num_old_channels=2)
     assert torch.allclose(loss, expected, rtol=1e-6)
 
 
 @pytest.mark.parametrize("label", [1, 4, -1])
 def test_unbiased_cross_entropy_rejects_old_and_out_of_range_labels(label):
     with pytest.raises(ValueError, match="labels"):
-        unbiased_cross_entropy(LOGITS, torch.tensor([[[0, label]]]), num_old=2)
+        unbiased_cross_entropy(LOGITS, torch.tensor([[[0, label]]]), num_old_channels=2)
 
 
-@pytest.mark.parametrize("num_old", [0, 5])
-def test_unbiased_cross_entropy_rejects_bad_num_old(num_old):
-    with pytest.raises(ValueError, match="num_old"):
-        unbiased_cross_entropy(LOGITS, torch.tensor([[[0, 0]]]), num_old=num_old)
+@pytest.mark.parametrize("num_old_channels", [0, 5])
+def test_unbiased_cross_entropy_rejects_bad_num_old(num_old_channels):
+    with pytest.raises(ValueError, match="num_old_channels"):
+        unbiased_cross_entropy(LOGITS, torch.tensor([[[0, 0]]]), num_old_channels=num_old_channels)
 
 
 def test_unbiased_cross_entropy_rejects_mismatched_target():
     with pytest.raises(ValueError, match="shape"):
-        unbiased_cross_entropy(LOGITS, torch.tensor([[0, 3]]), num_old=2)
+        unbiased_cross_entropy(LOGITS, torch.tensor([[0, 3]]), num_old_channels=2)
 
 
 # ---------------------------------------------------------------- unbiased distillation
 
-# old model (num_old = 2): pixel 0 logits (0, log 3) -> q = (1/4, 3/4);
+# old model (num_old_channels = 2): pixel 0 logits (0, log 3) -> q = (1/4, 3/4);
 # pixel 1 logits (log 2, 0) -> q = (2/3, 1/3)
 OLD_LOGITS = torch.tensor([[[[0.0, math.log(2.0)]], [[math.log(3.0), 0.0]]]])
 
@@ -255,7 +255,7 @@ def test_unbiased_distillation_half_precision_computed_in_float32():
 
 
 def test_unbiased_distillation_rejects_bad_shapes_and_alpha():
-    with pytest.raises(ValueError, match="num_old"):
+    with pytest.raises(ValueError, match="num_old_channels"):
         unbiased_knowledge_distillation(LOGITS[:, :1], OLD_LOGITS)
     with pytest.raises(ValueError, match="differ"):
         unbiased_knowledge_distillation(LOGITS, OLD_LOGITS[..., :1])

@@ -127,8 +127,17 @@ def test_two_branch_cams_eq10_to_12_by_hand():
     assert fuse_cams(image_cams, word_cams).tolist() == [[[[1.0, 1.0]], [[0.5, 0.0]]]]
 
 
-NET_CFG = {"backbone": "resnet18", "output_stride": 16, "pretrained": "none", "freeze_bn": True, "dropout": 0.0,
-           "num_words": 8, "pyramid_levels": [1, 2, 4], "gamma": 2.0, "detach_word_features": True}
+NET_CFG = {
+    "backbone": "resnet18",
+    "output_stride": 16,
+    "pretrained": "none",
+    "freeze_bn": True,
+    "dropout": 0.0,
+    "num_words": 8,
+    "pyramid_levels": [1, 2, 4],
+    "gamma": 2.0,
+    "detach_word_features": True,
+}
 
 
 def test_vwe_net_composes_the_equations():
@@ -140,11 +149,14 @@ def test_vwe_net_composes_the_equations():
     assert features.shape[-2:] == (4, 4)
     probabilities = word_probabilities(word_similarity(features, net.codebook))
     assert torch.allclose(out["logits"], hspp(features, (1, 2, 4), 2.0) @ net.classifier.weight.flatten(1).T, atol=1e-5)
-    assert torch.allclose(out["w2i_logits"], word_frequency(probabilities) @ net.word_to_image.weight.flatten(1).T,
-                          atol=1e-5)
+    assert torch.allclose(
+        out["w2i_logits"], word_frequency(probabilities) @ net.word_to_image.weight.flatten(1).T, atol=1e-5
+    )
     assert torch.equal(out["word_labels"], word_labels(probabilities))
-    expected = torch.maximum(F.relu(class_activation_maps(features, net.classifier.weight)),
-                             F.relu(word_activation_maps(probabilities, net.word_to_image.weight)))
+    expected = torch.maximum(
+        F.relu(class_activation_maps(features, net.classifier.weight)),
+        F.relu(word_activation_maps(probabilities, net.word_to_image.weight)),
+    )
     assert cams.shape == (2, 3, 4, 4) and torch.allclose(cams, expected, atol=1e-6)
 
 

@@ -25,7 +25,6 @@ from pipeline.methods.wilson.losses import (
 LN2, LN3 = math.log(2.0), math.log(3.0)
 
 
-
 # 1 image, 2 classes, 1x2 pixels. Pixel 0: z = (1, 1 + ln 3) -> m = (1/4, 3/4);
 # pixel 1: z = (2, 2) -> m = (1/2, 1/2).
 SCORES_1x2 = torch.tensor([[[[1.0, 2.0]], [[1.0 + LN3, 2.0]]]])
@@ -162,11 +161,13 @@ def test_wilson_target_by_hand():
     old_logits = torch.tensor([[[[LN3, -LN3]], [[0.0, math.log(4.0)]]]])  # σ: (3/4, 1/4), (1/2, 4/5)
     target = wilson_target(q, old_logits, new_classes=[2])
     expected = torch.tensor(
-        [[
-            [[0.4, 0.25]],  # background: pixel 0 min(3/4, 0.4) picks q, pixel 1 min(1/4, 0.9) picks the old model
-            [[0.5, 0.8]],  # old class: σ(old), q ignored
-            [[0.3, 0.05]],  # new class: q
-        ]]
+        [
+            [
+                [[0.4, 0.25]],  # background: pixel 0 min(3/4, 0.4) picks q, pixel 1 min(1/4, 0.9) picks the old model
+                [[0.5, 0.8]],  # old class: σ(old), q ignored
+                [[0.3, 0.05]],  # new class: q
+            ]
+        ]
     )
     torch.testing.assert_close(target, expected)
     assert q[0, 0, 0, 1] == 0.9  # input untouched
@@ -228,9 +229,9 @@ def test_pseudo_label_where_the_localizer_prefers_an_old_class():
     an old class: the labelled new class wins Eq. 5 and gets the α = 0.5 hard part, so the target is
     new = 0.5 + 0.5 m_new and background = min(σ(old_bg), 0.5 m_bg). Computed by hand."""
     # channels: background 0, old 1, new 2, new 3; the image is labelled with new class 2 only.
-    m = torch.tensor([0.2, 0.5, 0.25, 0.05]).view(1, 4, 1, 1)      # localizer softmax: argmax = old class
+    m = torch.tensor([0.2, 0.5, 0.25, 0.05]).view(1, 4, 1, 1)  # localizer softmax: argmax = old class
     labels = torch.tensor([[0.0, 0.0, 1.0, 0.0]])
-    masked = restrict_to_image_labels(m, labels)                    # [0.2, 0, 0.25, 0]: argmax = new class 2
+    masked = restrict_to_image_labels(m, labels)  # [0.2, 0, 0.25, 0]: argmax = new class 2
     q = soft_pseudo_labels(masked, alpha=0.5)
     old_logits = torch.tensor([1.0, 0.0]).view(1, 2, 1, 1)
     target = wilson_target(q, old_logits, new_classes=[2, 3])

@@ -32,14 +32,14 @@ def test_last_block_takes_the_value_path_only(clip):
     torch.manual_seed(1)
     images = torch.randn(2, 3, 224, 224)  # native grid: no positional interpolation involved
     with torch.no_grad():
-        tokens = visual._embeds(images)                     # open_clip's own embedding
+        tokens = visual._embeds(images)  # open_clip's own embedding
         for block in visual.transformer.resblocks[:-1]:
             tokens = block(tokens)
         last = visual.transformer.resblocks[-1]
         width = tokens.shape[-1]
         # by hand from the block's weights: v = W_v ln_1(x) + b_v, out-proj, residual, MLP
         w_in, b_in = last.attn.in_proj_weight, last.attn.in_proj_bias
-        v = _layer_norm(tokens, last.ln_1) @ w_in[2 * width:].T + b_in[2 * width:]
+        v = _layer_norm(tokens, last.ln_1) @ w_in[2 * width :].T + b_in[2 * width :]
         y = tokens + v @ last.attn.out_proj.weight.T + last.attn.out_proj.bias
         hidden = F.gelu(_layer_norm(y, last.ln_2) @ last.mlp.c_fc.weight.T + last.mlp.c_fc.bias)
         y = y + hidden @ last.mlp.c_proj.weight.T + last.mlp.c_proj.bias
@@ -77,7 +77,7 @@ def test_batch_gives_the_scores_of_single_images(clip):
     text = F.normalize(torch.randn(2, model.visual.output_dim), dim=-1)
     with torch.no_grad():
         batched = dense_clip_scores(model, images, text)
-        single = torch.cat([dense_clip_scores(model, images[i:i + 1], text) for i in range(3)])
+        single = torch.cat([dense_clip_scores(model, images[i : i + 1], text) for i in range(3)])
     torch.testing.assert_close(batched, single, atol=1e-5, rtol=1e-5)
 
 

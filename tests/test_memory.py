@@ -45,9 +45,13 @@ def test_extract_instances_connected_components_by_hand():
     image = coloured()
     instances = extract_instances(image, LABEL, [1, 2])
     assert [(c, m.shape, int(m.sum())) for c, _, m in instances] == [
-        (1, (2, 2), 4), (1, (3, 3), 5), (2, (1, 1), 1), (2, (1, 1), 1)]
+        (1, (2, 2), 4),
+        (1, (3, 3), 5),
+        (2, (1, 1), 1),
+        (2, (1, 1), 1),
+    ]
     _, crop, mask = instances[1]
-    np.testing.assert_array_equal(crop, image[6:9, 6:9])          # the whole bounding box
+    np.testing.assert_array_equal(crop, image[6:9, 6:9])  # the whole bounding box
     np.testing.assert_array_equal(mask, [[1, 0, 0], [1, 0, 0], [1, 1, 1]])
     assert crop.dtype == np.uint8 and mask.dtype == bool
     # area filter, class filter
@@ -57,8 +61,8 @@ def test_extract_instances_connected_components_by_hand():
 
 def test_extract_instances_diagonal_pixels_are_one_instance():
     label = np.zeros((5, 5), np.uint8)
-    label[1, 1] = label[2, 2] = label[3, 3] = 4                     # 8-connectivity
-    (c, _, mask), = extract_instances(coloured((5, 5)), label, [4])
+    label[1, 1] = label[2, 2] = label[3, 3] = 4  # 8-connectivity
+    ((c, _, mask),) = extract_instances(coloured((5, 5)), label, [4])
     assert c == 4 and mask.shape == (3, 3) and np.array_equal(mask, np.eye(3, dtype=bool))
 
 
@@ -107,8 +111,7 @@ def test_sampling_is_uniform_over_candidates():
 @pytest.fixture
 def bank_path(tmp_path):
     path = tmp_path / "bank.h5"
-    counts = build_memory_bank(path, sources(), [1, 2], per_class=3, seed=5, min_area=0,
-                               provenance={"task": "t"})
+    counts = build_memory_bank(path, sources(), [1, 2], per_class=3, seed=5, min_area=0, provenance={"task": "t"})
     assert counts == {1: 3, 2: 2}
     return path
 
@@ -141,7 +144,7 @@ def test_sample_picks_class_then_instance(bank_path):
     with MemoryBank(bank_path) as bank:
         rng = np.random.default_rng(0)
         classes = [bank.sample(rng)[0] for _ in range(400)]
-        assert 0.4 < classes.count(2) / 400 < 0.6                   # classes equally likely
+        assert 0.4 < classes.count(2) / 400 < 0.6  # classes equally likely
         assert {bank.sample(rng, classes=[2, 9])[0] for _ in range(20)} == {2}
         with pytest.raises(ValueError, match="no instance"):
             bank.sample(rng, classes=[9])
@@ -151,7 +154,7 @@ def single_instance_bank(tmp_path, crop_shape=(3, 4)) -> MemoryBank:
     """A bank holding one class-3 instance: an L shape whose box touches every side."""
     h, w = crop_shape
     image = np.zeros((h + 2, w + 2, 3), np.uint8)
-    image[1:-1, 1:-1] = coloured(crop_shape) + 1                      # never 0
+    image[1:-1, 1:-1] = coloured(crop_shape) + 1  # never 0
     label = np.zeros(image.shape[:2], np.uint8)
     label[1:-1, 1] = 3
     label[-2, 1:-1] = 3
@@ -168,13 +171,13 @@ def test_copy_paste_prob_one_on_blank_image(tmp_path):
     assert pasted.dtype == np.uint8 and set(np.unique(pasted)) == {0, 3}
     rows, cols = np.nonzero(pasted)
     top, left = rows.min(), cols.min()
-    region = np.s_[top: top + 3, left: left + 4]
-    np.testing.assert_array_equal(pasted[region] == 3, crop_mask)     # pasted pixels = instance mask
+    region = np.s_[top : top + 3, left : left + 4]
+    np.testing.assert_array_equal(pasted[region] == 3, crop_mask)  # pasted pixels = instance mask
     assert int((pasted > 0).sum()) == int(crop_mask.sum())
-    np.testing.assert_array_equal(out_mask, pasted)                    # mask updated there only
+    np.testing.assert_array_equal(out_mask, pasted)  # mask updated there only
     np.testing.assert_array_equal(out_image[region][crop_mask], crop[crop_mask])
-    assert not out_image[pasted == 0].any()                            # nothing else changed
-    assert not image.any() and not mask.any()                          # inputs untouched
+    assert not out_image[pasted == 0].any()  # nothing else changed
+    assert not image.any() and not mask.any()  # inputs untouched
 
 
 def test_copy_paste_prob_zero_changes_nothing(tmp_path):
@@ -192,8 +195,9 @@ def test_copy_paste_keeps_the_instance_inside_the_image(tmp_path):
     rng = np.random.default_rng(0)
     for scale in ((1.0, 1.0), (2.0, 3.0), (0.5, 0.5)):
         for _ in range(10):
-            _, mask, pasted = copy_paste(np.zeros((6, 7, 3), np.uint8), np.zeros((6, 7), np.uint8), bank,
-                                         rng, prob=1.0, scale_range=scale)
+            _, mask, pasted = copy_paste(
+                np.zeros((6, 7, 3), np.uint8), np.zeros((6, 7), np.uint8), bank, rng, prob=1.0, scale_range=scale
+            )
             assert pasted.any() and np.array_equal(mask, pasted)
     with pytest.raises(ValueError, match="prob"):
         copy_paste(np.zeros((6, 7, 3), np.uint8), np.zeros((6, 7), np.uint8), bank, rng, prob=1.5)
@@ -201,15 +205,17 @@ def test_copy_paste_keeps_the_instance_inside_the_image(tmp_path):
 
 def test_copy_paste_shrinks_an_instance_larger_than_the_image(tmp_path):
     bank = single_instance_bank(tmp_path, crop_shape=(9, 9))
-    _, _, pasted = copy_paste(np.zeros((6, 7, 3), np.uint8), np.zeros((6, 7), np.uint8), bank,
-                              np.random.default_rng(0), prob=1.0)
+    _, _, pasted = copy_paste(
+        np.zeros((6, 7, 3), np.uint8), np.zeros((6, 7), np.uint8), bank, np.random.default_rng(0), prob=1.0
+    )
     rows, cols = np.nonzero(pasted)
-    assert rows.max() - rows.min() + 1 == 6 and cols.max() - cols.min() + 1 == 6   # 9x9 -> 6x6
+    assert rows.max() - rows.min() + 1 == 6 and cols.max() - cols.min() + 1 == 6  # 9x9 -> 6x6
 
 
 def test_extend_memory_bank(bank_path, tmp_path):
-    new = [(f"new{i}", np.full((8, 8, 3), 100 + i, np.uint8), np.pad(np.full((2, 2), 4, np.uint8), 3))
-           for i in range(4)]
+    new = [
+        (f"new{i}", np.full((8, 8, 3), 100 + i, np.uint8), np.pad(np.full((2, 2), 4, np.uint8), 3)) for i in range(4)
+    ]
     out = tmp_path / "step1.h5"
     counts = extend_memory_bank(bank_path, out, new, [4], per_class=3, seed=0, provenance={"step": 1})
     assert counts == {1: 3, 2: 2, 4: 3}
@@ -225,11 +231,37 @@ def test_extend_memory_bank(bank_path, tmp_path):
 def demo(tmp_path_factory):
     """A generated dataset (24 train images of 48 px), its index and the 15-5 overlap splits."""
     root = tmp_path_factory.mktemp("memory_stage")
-    main(["make-demo-data", "--root", str(root / "data"), "--n-train", "24", "--n-val", "2", "--size", "48",
-          "--seed", "1"])
+    main(
+        [
+            "make-demo-data",
+            "--root",
+            str(root / "data"),
+            "--n-train",
+            "24",
+            "--n-val",
+            "2",
+            "--size",
+            "48",
+            "--seed",
+            "1",
+        ]
+    )
     main(["prepare-data", "--root", str(root / "data"), "--output", str(root / "dataset.json")])
-    main(["splits", "--index", str(root / "dataset.json"), "--task", "15-5", "--protocol", "overlap",
-          "--dataset", "demo", "--outdir", str(root / "splits")])
+    main(
+        [
+            "splits",
+            "--index",
+            str(root / "dataset.json"),
+            "--task",
+            "15-5",
+            "--protocol",
+            "overlap",
+            "--dataset",
+            "demo",
+            "--outdir",
+            str(root / "splits"),
+        ]
+    )
     return root
 
 
@@ -237,16 +269,30 @@ PARAMS = json.dumps({"per_class": 2, "min_area": 16, "seed": 0})
 
 
 def memory_stage(demo, split: str, out, *extra: str) -> None:
-    main(["memory-bank", "--split", str(demo / "splits" / split), "--data", str(demo / "dataset.json"),
-          "--params", PARAMS, "--out", str(out), *extra])
+    main(
+        [
+            "memory-bank",
+            "--split",
+            str(demo / "splits" / split),
+            "--data",
+            str(demo / "dataset.json"),
+            "--params",
+            PARAMS,
+            "--out",
+            str(out),
+            *extra,
+        ]
+    )
 
 
 def test_memory_bank_stage_end_to_end(demo, tmp_path, capfd):
     out = tmp_path / "step0" / "memory_bank.h5"
     memory_stage(demo, "step0.json", out, "--threads", "2")
     split = read_json(demo / "splits" / "step0.json")
-    with MemoryBank(out, expected={"per_class": 2, "min_area": 16, "seed": 0, "step": 0,
-                                   "split_ids_sha256": ids_digest(split["ids"])}) as bank:
+    with MemoryBank(
+        out,
+        expected={"per_class": 2, "min_area": 16, "seed": 0, "step": 0, "split_ids_sha256": ids_digest(split["ids"])},
+    ) as bank:
         assert set(bank.classes(all_classes=True)) == set(range(1, 16))
         assert sum(bank.count(c) for c in range(1, 16)) > 0
         assert all(bank.count(c) <= 2 for c in range(1, 16))
@@ -265,8 +311,19 @@ def test_memory_bank_stage_end_to_end(demo, tmp_path, capfd):
         for key in a["images"]:
             np.testing.assert_array_equal(a["images"][key]["image"][()], b["images"][key]["image"][()])
     with pytest.raises(ValueError, match="per_klass"):
-        main(["memory-bank", "--split", str(demo / "splits" / "step0.json"), "--data", str(demo / "dataset.json"),
-              "--params", '{"per_klass": 3}', "--out", str(tmp_path / "x.h5")])
+        main(
+            [
+                "memory-bank",
+                "--split",
+                str(demo / "splits" / "step0.json"),
+                "--data",
+                str(demo / "dataset.json"),
+                "--params",
+                '{"per_klass": 3}',
+                "--out",
+                str(tmp_path / "x.h5"),
+            ]
+        )
     with pytest.raises(ValueError, match="--previous"):
         memory_stage(demo, "step1.json", tmp_path / "x.h5")
 
@@ -276,11 +333,31 @@ def test_memory_bank_stage_requires_every_params_key(demo, tmp_path):
     for key in ("per_class", "min_area", "seed"):
         params = {k: v for k, v in json.loads(PARAMS).items() if k != key}
         with pytest.raises(ValueError, match=f"key '{key}' missing"):
-            main(["memory-bank", "--split", str(demo / "splits" / "step0.json"), "--data", str(demo / "dataset.json"),
-                  "--params", json.dumps(params), "--out", str(tmp_path / "x.h5")])
-    with pytest.raises(SystemExit):                                # --params itself is required
-        main(["memory-bank", "--split", str(demo / "splits" / "step0.json"), "--data", str(demo / "dataset.json"),
-              "--out", str(tmp_path / "x.h5")])
+            main(
+                [
+                    "memory-bank",
+                    "--split",
+                    str(demo / "splits" / "step0.json"),
+                    "--data",
+                    str(demo / "dataset.json"),
+                    "--params",
+                    json.dumps(params),
+                    "--out",
+                    str(tmp_path / "x.h5"),
+                ]
+            )
+    with pytest.raises(SystemExit):  # --params itself is required
+        main(
+            [
+                "memory-bank",
+                "--split",
+                str(demo / "splits" / "step0.json"),
+                "--data",
+                str(demo / "dataset.json"),
+                "--out",
+                str(tmp_path / "x.h5"),
+            ]
+        )
     assert not list(tmp_path.iterdir())
 
 
@@ -303,22 +380,42 @@ def test_memory_bank_stage_extends_with_coseg_masks(demo, tmp_path):
             gt = load_mask(demo / "data" / "SegmentationClassAug" / f"{image_id}.png")
             classes = split["labels"][image_id]
             scores = np.stack([np.where(gt == c, 1.0, -1.0) for c in classes]).astype(np.float32)
-            writer.put(image_id, {"classes": np.asarray(classes, np.int64), "clip": scores,
-                                  "attention": (scores > 0).astype(np.float32)})
+            writer.put(
+                image_id,
+                {
+                    "classes": np.asarray(classes, np.int64),
+                    "clip": scores,
+                    "attention": (scores > 0).astype(np.float32),
+                },
+            )
             masks[image_id] = gt
         writer.finish()
     out = tmp_path / "step1.h5"
-    memory_stage(demo, "step1.json", out, "--previous", str(bank0), "--coseg", str(coseg),
-                 "--coseg-params", json.dumps(cfg), "--threads", "2", "--no-progress")
-    with MemoryBank(out, expected={"step": 1, "source": "coseg", "previous": str(bank0)}) as bank, \
-            MemoryBank(bank0) as old:
+    memory_stage(
+        demo,
+        "step1.json",
+        out,
+        "--previous",
+        str(bank0),
+        "--coseg",
+        str(coseg),
+        "--coseg-params",
+        json.dumps(cfg),
+        "--threads",
+        "2",
+        "--no-progress",
+    )
+    with (
+        MemoryBank(out, expected={"step": 1, "source": "coseg", "previous": str(bank0)}) as bank,
+        MemoryBank(bank0) as old,
+    ):
         assert set(bank.classes(all_classes=True)) == set(range(1, 21))
-        for c in old.classes():                                   # old archives copied
+        for c in old.classes():  # old archives copied
             assert bank.count(c) == old.count(c)
             np.testing.assert_array_equal(bank.get(c, 0)[0], old.get(c, 0)[0])
         new = [c for c in range(16, 21) if bank.count(c)]
         assert new and all(bank.count(c) <= 2 for c in new)
-        for c in new:                                             # cut where the gt has class c
+        for c in new:  # cut where the gt has class c
             attrs = bank.reader.attrs(instance_key(c, 0))
             y0, x0, y1, x1 = attrs["bbox"]
             _, mask = bank.get(c, 0)

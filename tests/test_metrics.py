@@ -11,16 +11,10 @@ import torch
 from pipeline.metrics.miou import ConfusionMatrix, confusion_matrix, iou_per_class, summarize
 
 # 3x3 image, 3 classes; the centre-right pixel is void (255).
-PRED = np.array([[0, 1, 1],
-                 [2, 2, 0],
-                 [1, 0, 2]])
-TARGET = np.array([[0, 1, 2],
-                   [2, 2, 255],
-                   [1, 0, 0]])
+PRED = np.array([[0, 1, 1], [2, 2, 0], [1, 0, 2]])
+TARGET = np.array([[0, 1, 2], [2, 2, 255], [1, 0, 0]])
 # (gt, pred) pairs of the 8 valid pixels: (0,0) (1,1) (2,1) (2,2) (2,2) (1,1) (0,0) (0,2)
-EXPECTED_CONF = np.array([[2, 0, 1],
-                          [0, 2, 0],
-                          [0, 1, 2]])
+EXPECTED_CONF = np.array([[2, 0, 1], [0, 2, 0], [0, 1, 2]])
 # IoU = TP / (row sum + col sum - TP): 2/(3+2-2), 2/(2+3-2), 2/(3+3-2)
 EXPECTED_IOU = np.array([2 / 3, 2 / 3, 1 / 2])
 
@@ -111,18 +105,13 @@ def test_iou_nan_for_absent_class_and_errors():
 
 
 # 5 classes: 0 background, 1-2 old, 3-4 new, class 4 never occurs.
-SUMMARY_CONF = np.array([[5, 1, 0, 0, 0],
-                         [1, 3, 0, 0, 0],
-                         [0, 0, 4, 2, 0],
-                         [0, 0, 0, 2, 0],
-                         [0, 0, 0, 0, 0]])
+SUMMARY_CONF = np.array([[5, 1, 0, 0, 0], [1, 3, 0, 0, 0], [0, 0, 4, 2, 0], [0, 0, 0, 2, 0], [0, 0, 0, 0, 0]])
 # IoU: 0: 5/(6+6-5)=5/7, 1: 3/(4+4-3)=3/5, 2: 4/(6+4-4)=2/3, 3: 2/(2+4-2)=1/2, 4: NaN
 NAMES = ["background", "a", "b", "c", "d"]
 
 
 def test_summarize_old_new_all():
-    s = summarize(SUMMARY_CONF, seen_classes=[0, 1, 2, 3, 4], old_classes=[1, 2], new_classes=[3, 4],
-                  class_names=NAMES)
+    s = summarize(SUMMARY_CONF, seen_classes=[0, 1, 2, 3, 4], old_classes=[1, 2], new_classes=[3, 4], class_names=NAMES)
     assert s["per_class_iou"] == pytest.approx({"background": 5 / 7, "a": 3 / 5, "b": 2 / 3, "c": 1 / 2, "d": None})
     assert s["per_class_iou"]["d"] is None
     assert s["miou_old"] == pytest.approx((3 / 5 + 2 / 3) / 2)
@@ -134,8 +123,7 @@ def test_summarize_old_new_all():
 def test_summarize_step0_and_background_rules():
     # Step 0: base classes reported as old, no new class; background given in old is dropped
     # from the old mean; "all" always includes background and only the seen classes.
-    s = summarize(SUMMARY_CONF, seen_classes=[1, 2], old_classes=[0, 1, 2], new_classes=[],
-                  class_names=NAMES)
+    s = summarize(SUMMARY_CONF, seen_classes=[1, 2], old_classes=[0, 1, 2], new_classes=[], class_names=NAMES)
     assert s["miou_old"] == pytest.approx((3 / 5 + 2 / 3) / 2)
     assert s["miou_new"] is None
     assert s["miou_all"] == pytest.approx((5 / 7 + 3 / 5 + 2 / 3) / 3)

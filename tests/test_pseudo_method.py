@@ -39,11 +39,13 @@ def test_hard_pseudo_target_one_hot():
 def test_loss_equals_wilson_eq8_on_hand_made_targets():
     # 2 pixels; old model: background logit 2 / -1, old class logit -2 / 1.
     old = torch.tensor([[[[2.0, -1.0]], [[-2.0, 1.0]]]])
-    context = StepContext("toy", 1, FixedOld(old).eval(), num_old=2, new_classes=[2], num_classes=3)
+    context = StepContext("toy", 1, FixedOld(old).eval(), num_old_channels=2, new_classes=[2], num_classes=3)
     objective = build_method("cam", {"head_lr_mult": 10.0}, context)
     pseudo = torch.tensor([[[0, 2]]])  # pixel 0 background, pixel 1 the new class 2
     logits = torch.tensor([[[[0.5, -0.5]], [[0.0, 0.3]], [[-1.0, 2.0]]]])
-    loss = objective.losses({"image": torch.zeros(1, 3, 1, 2), "pseudo": pseudo, "valid": pseudo != 255}, {"out": logits}, 0)["seg"]
+    loss = objective.losses(
+        {"image": torch.zeros(1, 3, 1, 2), "pseudo": pseudo, "valid": pseudo != 255}, {"out": logits}, 0
+    )["seg"]
     s = lambda x: 1 / (1 + math.exp(-x))
     # q̂: background = min(σ(old_b), q_b); old class = σ(old); new class = one-hot of the pseudo-label.
     target = [[min(s(2.0), 1.0), min(s(-1.0), 0.0)], [s(-2.0), s(1.0)], [0.0, 1.0]]

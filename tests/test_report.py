@@ -34,13 +34,32 @@ def _dataset(root: Path, with_images: bool = True) -> tuple[Path, Path]:
         _label_png(mask_dir / f"{image_id}.png", rng.integers(0, 21, (6, 8)))
         if with_images:
             (root / "JPEGImages").mkdir(parents=True, exist_ok=True)
-            Image.fromarray(rng.integers(0, 256, (6, 8, 3), dtype=np.uint8)).save(root / "JPEGImages" / f"{image_id}.jpg")
+            Image.fromarray(rng.integers(0, 256, (6, 8, 3), dtype=np.uint8)).save(
+                root / "JPEGImages" / f"{image_id}.jpg"
+            )
     return root, mask_dir
 
 
-def _run(tmp: Path, name: str, *, method, protocol, seed, old, new, all_, step=1, task="15-5",
-         dataset="voc", root=None, mask_dir=None, history=None, drop=None, num_steps=2,
-         classes=None) -> Path:
+def _run(
+    tmp: Path,
+    name: str,
+    *,
+    method,
+    protocol,
+    seed,
+    old,
+    new,
+    all_,
+    step=1,
+    task="15-5",
+    dataset="voc",
+    root=None,
+    mask_dir=None,
+    history=None,
+    drop=None,
+    num_steps=2,
+    classes=None,
+) -> Path:
     """One fake run; ``classes`` = (old, new, seen) class lists (default those of 15-5)."""
     run_dir = tmp / "runs" / name
     pred_dir = run_dir / "predictions"
@@ -54,12 +73,25 @@ def _run(tmp: Path, name: str, *, method, protocol, seed, old, new, all_, step=1
     per_class = {VOC_CLASSES[k]: round(0.5 + 0.02 * k, 4) for k in range(21)}
     per_class["tvmonitor"] = None
     data = {
-        "dataset": dataset, "task": task, "protocol": protocol, "step": step, "num_steps": num_steps,
-        "method": method, "seed": seed,
-        "old_classes": old_classes, "new_classes": new_classes, "seen_classes": seen,
-        "per_class_iou": per_class, "miou_old": old, "miou_new": new, "miou_all": all_,
-        "pixel_accuracy": 0.9, "predictions_dir": str(pred_dir), "image_root": str(root),
-        "mask_dir": str(mask_dir), "val_ids": IDS,
+        "dataset": dataset,
+        "task": task,
+        "protocol": protocol,
+        "step": step,
+        "num_steps": num_steps,
+        "method": method,
+        "seed": seed,
+        "old_classes": old_classes,
+        "new_classes": new_classes,
+        "seen_classes": seen,
+        "per_class_iou": per_class,
+        "miou_old": old,
+        "miou_new": new,
+        "miou_all": all_,
+        "pixel_accuracy": 0.9,
+        "predictions_dir": str(pred_dir),
+        "image_root": str(root),
+        "mask_dir": str(mask_dir),
+        "val_ids": IDS,
     }
     if drop:
         del data[drop]
@@ -82,17 +114,46 @@ def runs(tmp_path):
     paths = [
         # WILSON disjoint, two seeds: old 70/60 -> 65.0 ± 7.1 (sample std sqrt(50)),
         # new 40/44 -> 42.0 ± 2.8, all 62.34/62.34 -> 62.3 ± 0.0
-        _run(tmp_path, "wilson_d0", method="wilson", protocol="disjoint", seed=0, old=0.70, new=0.40,
-             all_=0.6234, history=HISTORY, **kw),
-        _run(tmp_path, "wilson_d1", method="wilson", protocol="disjoint", seed=1, old=0.60, new=0.44,
-             all_=0.6234, history=HISTORY_NO_VAL, **kw),
-        _run(tmp_path, "mib_d0", method="mib", protocol="disjoint", seed=0, old=0.6543, new=0.4321,
-             all_=0.6049, **kw),
-        _run(tmp_path, "mib_o0", method="mib", protocol="overlap", seed=0, old=0.7512, new=None,
-             all_=0.6908, **kw),
+        _run(
+            tmp_path,
+            "wilson_d0",
+            method="wilson",
+            protocol="disjoint",
+            seed=0,
+            old=0.70,
+            new=0.40,
+            all_=0.6234,
+            history=HISTORY,
+            **kw,
+        ),
+        _run(
+            tmp_path,
+            "wilson_d1",
+            method="wilson",
+            protocol="disjoint",
+            seed=1,
+            old=0.60,
+            new=0.44,
+            all_=0.6234,
+            history=HISTORY_NO_VAL,
+            **kw,
+        ),
+        _run(tmp_path, "mib_d0", method="mib", protocol="disjoint", seed=0, old=0.6543, new=0.4321, all_=0.6049, **kw),
+        _run(tmp_path, "mib_o0", method="mib", protocol="overlap", seed=0, old=0.7512, new=None, all_=0.6908, **kw),
         _run(tmp_path, "abc_o0", method="abc", protocol="overlap", seed=0, old=0.1, new=0.2, all_=0.3, **kw),
-        _run(tmp_path, "base_d0", method="wilson", protocol="disjoint", seed=0, old=0.7777, new=None,
-             all_=0.7611, step=0, history=HISTORY, **kw),
+        _run(
+            tmp_path,
+            "base_d0",
+            method="wilson",
+            protocol="disjoint",
+            seed=0,
+            old=0.7777,
+            new=None,
+            all_=0.7611,
+            step=0,
+            history=HISTORY,
+            **kw,
+        ),
     ]
     return tmp_path, paths
 
@@ -115,8 +176,15 @@ def test_tables_match_inputs(runs):
     tmp_path, paths = runs
     outdir = _report(tmp_path, paths)
     rows = _table_rows(outdir / "table_voc_15-5_step1.md")
-    assert rows[0] == ["Method", "Disjoint 1-15", "Disjoint 16-20", "Disjoint All",
-                       "Overlap 1-15", "Overlap 16-20", "Overlap All"]
+    assert rows[0] == [
+        "Method",
+        "Disjoint 1-15",
+        "Disjoint 16-20",
+        "Disjoint All",
+        "Overlap 1-15",
+        "Overlap 16-20",
+        "Overlap All",
+    ]
     body = {r[0]: r[1:] for r in rows[2:]}
     # Order: paper methods first (mib before wilson), others alphabetically after.
     assert [r[0] for r in rows[2:]] == ["MiB", "WILSON", "abc"]
@@ -157,9 +225,14 @@ def test_figures_and_index(runs):
     histories = [tmp_path / "runs" / n / "history.csv" for n in ("wilson_d0", "wilson_d1", "base_d0")]
     outdir = _report(tmp_path, paths, histories)
     sizes = {}
-    for name in ("per_class_iou_voc_15-5_step0.png", "per_class_iou_voc_15-5_step1.png",
-                 "qualitative_voc_15-5_step0.png", "qualitative_voc_15-5_step1.png",
-                 "learning_curves_voc_15-5.png", "steps_voc_15-5.png"):
+    for name in (
+        "per_class_iou_voc_15-5_step0.png",
+        "per_class_iou_voc_15-5_step1.png",
+        "qualitative_voc_15-5_step0.png",
+        "qualitative_voc_15-5_step1.png",
+        "learning_curves_voc_15-5.png",
+        "steps_voc_15-5.png",
+    ):
         sizes[name] = width, height = _assert_png(outdir / name)
         assert width > 100 and height > 100
     index = json.loads((outdir / "index.json").read_text())
@@ -183,8 +256,18 @@ def test_figures_and_index(runs):
 def test_qualitative_without_images_and_missing_prediction(tmp_path):
     # Label-only dataset (no JPEGImages): the image column is skipped, not an error.
     root, mask_dir = _dataset(tmp_path / "labels_only", with_images=False)
-    p = _run(tmp_path, "a", method="wilson", protocol="overlap", seed=0, old=0.5, new=0.5, all_=0.5,
-             root=root, mask_dir=mask_dir)
+    p = _run(
+        tmp_path,
+        "a",
+        method="wilson",
+        protocol="overlap",
+        seed=0,
+        old=0.5,
+        new=0.5,
+        all_=0.5,
+        root=root,
+        mask_dir=mask_dir,
+    )
     outdir = _report(tmp_path, [p])
     _assert_png(outdir / "qualitative_voc_15-5_step1.png")
     # With JPEGImages present the image is required: a missing one is an error naming it.
@@ -200,8 +283,19 @@ def test_qualitative_without_images_and_missing_prediction(tmp_path):
 def test_missing_key_names_file_and_key(runs):
     tmp_path, paths = runs
     root, mask_dir = _dataset(tmp_path / "voc")
-    bad = _run(tmp_path, "bad", method="ft", protocol="disjoint", seed=0, old=0.1, new=0.1, all_=0.1,
-               root=root, mask_dir=mask_dir, drop="miou_new")
+    bad = _run(
+        tmp_path,
+        "bad",
+        method="ft",
+        protocol="disjoint",
+        seed=0,
+        old=0.1,
+        new=0.1,
+        all_=0.1,
+        root=root,
+        mask_dir=mask_dir,
+        drop="miou_new",
+    )
     with pytest.raises(ValueError, match=r"bad.metrics\.json: missing key 'miou_new'"):
         _report(tmp_path, [*paths, bad])
 
@@ -209,12 +303,32 @@ def test_missing_key_names_file_and_key(runs):
 def test_bad_values_and_duplicates(runs):
     tmp_path, paths = runs
     root, mask_dir = _dataset(tmp_path / "voc")
-    pct = _run(tmp_path, "pct", method="ft", protocol="disjoint", seed=0, old=65.4, new=0.1, all_=0.1,
-               root=root, mask_dir=mask_dir)
+    pct = _run(
+        tmp_path,
+        "pct",
+        method="ft",
+        protocol="disjoint",
+        seed=0,
+        old=65.4,
+        new=0.1,
+        all_=0.1,
+        root=root,
+        mask_dir=mask_dir,
+    )
     with pytest.raises(ValueError, match=r"pct.metrics\.json: key 'miou_old' must be a fraction"):
         _report(tmp_path, [pct])
-    dup = _run(tmp_path, "dup", method="mib", protocol="disjoint", seed=0, old=0.1, new=0.1, all_=0.1,
-               root=root, mask_dir=mask_dir)
+    dup = _run(
+        tmp_path,
+        "dup",
+        method="mib",
+        protocol="disjoint",
+        seed=0,
+        old=0.1,
+        new=0.1,
+        all_=0.1,
+        root=root,
+        mask_dir=mask_dir,
+    )
     with pytest.raises(ValueError, match="given twice"):
         _report(tmp_path, [paths[2], dup])
 
@@ -278,9 +392,24 @@ def runs_10_5_5(tmp_path):
     paths = []
     for (protocol, row, step, seed), (old, new, all_) in VALUES_10_5_5.items():
         method = "wilson" if row == "base" else row  # the base run's method does not matter
-        paths.append(_run(tmp_path, f"{row}_{protocol}_s{step}_seed{seed}", method=method, protocol=protocol,
-                          seed=seed, old=old, new=new, all_=all_, step=step, task="10-5-5", num_steps=3,
-                          classes=CLASSES_10_5_5[step], root=root, mask_dir=mask_dir))
+        paths.append(
+            _run(
+                tmp_path,
+                f"{row}_{protocol}_s{step}_seed{seed}",
+                method=method,
+                protocol=protocol,
+                seed=seed,
+                old=old,
+                new=new,
+                all_=all_,
+                step=step,
+                task="10-5-5",
+                num_steps=3,
+                classes=CLASSES_10_5_5[step],
+                root=root,
+                mask_dir=mask_dir,
+            )
+        )
     return tmp_path, paths
 
 
@@ -306,8 +435,7 @@ def test_step_series_equals_inputs(runs_10_5_5):
     def expected(protocol, method, seeds):
         groups = [[(protocol, "base", 0, s) for s in seeds]]
         groups += [[(protocol, method, t, s) for s in seeds] for t in (1, 2)]
-        return {"step": [0, 1, 2],
-                **{m: [_mean_pct(*g, metric=m) for g in groups] for m in ("all", "old", "new")}}
+        return {"step": [0, 1, 2], **{m: [_mean_pct(*g, metric=m) for g in groups] for m in ("all", "old", "new")}}
 
     # Seeds averaged, step 0 = the base runs of the method's seeds (both for disjoint WILSON).
     _assert_series(series[("disjoint", "wilson")], expected("disjoint", "wilson", (0, 1)))
@@ -332,8 +460,9 @@ def test_step_series_without_base_and_errors(runs_10_5_5):
     no_base = step_series([r for r in runs if r.data["step"] > 0])
     assert no_base[("disjoint", "wilson")]["step"] == [1, 2]
     assert no_base[("disjoint", "wilson")]["all"] == pytest.approx([56.0, 44.0])
-    other = load_metrics(_run(tmp_path, "other_task", method="ft", protocol="disjoint", seed=0,
-                              old=0.1, new=0.1, all_=0.1))
+    other = load_metrics(
+        _run(tmp_path, "other_task", method="ft", protocol="disjoint", seed=0, old=0.1, new=0.1, all_=0.1)
+    )
     with pytest.raises(ValueError, match="several"):
         step_series([*runs, other])
 
@@ -356,8 +485,11 @@ def test_steps_figure_and_summary_order(runs_10_5_5):
     assert positions == sorted(positions)
     assert positions[-1] < heading
     # The final-step table: rows methods, old / new / all per protocol.
-    final = summary[positions[0]:positions[1]]
-    assert "| Method | Disjoint 1-10 | Disjoint 11-20 | Disjoint All | Overlap 1-10 | Overlap 11-20 | Overlap All |" in final
+    final = summary[positions[0] : positions[1]]
+    assert (
+        "| Method | Disjoint 1-10 | Disjoint 11-20 | Disjoint All | Overlap 1-10 | Overlap 11-20 | Overlap All |"
+        in final
+    )
     assert "| MiB | 10.0 | 15.0 | 12.0 | 15.0 | – | 14.0 |" in final
     assert "| WILSON | 51.0 ± 1.4 | 30.0 ± 7.1 | 44.0 ± 1.4 | 58.0 | 41.0 | 52.0 |" in final
 
@@ -376,7 +508,8 @@ def test_single_step_task_has_no_steps_figure(runs):
 
 
 def test_summary_order_of_a_long_task():
-    tables = [Table(d, task, t, [], [], {}) for d, task, n in (("voc", "15-1", 6), ("ade", "100-50", 2))
-              for t in range(n)]
+    tables = [
+        Table(d, task, t, [], [], {}) for d, task, n in (("voc", "15-1", 6), ("ade", "100-50", 2)) for t in range(n)
+    ]
     order = [(t.dataset, t.task, t.step) for t in summary_order(tables)]
     assert order == [("ade", "100-50", 1), ("ade", "100-50", 0)] + [("voc", "15-1", t) for t in (5, 1, 2, 3, 4, 0)]

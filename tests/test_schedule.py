@@ -12,7 +12,7 @@ from pipeline.train.loop import LoopConfig, Trainer, held_poly_factor
 def test_held_poly_factor_by_hand():
     # no hold: (1 - it / total) ** power, torch's PolynomialLR
     assert held_poly_factor(0, 0, 10, 0.9) == 1.0
-    assert held_poly_factor(5, 0, 10, 0.9) == pytest.approx(0.5 ** 0.9)
+    assert held_poly_factor(5, 0, 10, 0.9) == pytest.approx(0.5**0.9)
     assert held_poly_factor(10, 0, 10, 0.9) == 0.0
     # 4 held iterations of 10: 1 up to iteration 3, then the decay over the other 6
     assert [held_poly_factor(i, 4, 10, 1.0) for i in range(4)] == [1.0] * 4
@@ -20,7 +20,7 @@ def test_held_poly_factor_by_hand():
     assert held_poly_factor(7, 4, 10, 1.0) == pytest.approx(0.5)
     assert held_poly_factor(7, 4, 10, 2.0) == pytest.approx(0.25)
     assert held_poly_factor(10, 4, 10, 1.0) == 0.0
-    assert held_poly_factor(12, 4, 10, 1.0) == 0.0   # past the end: stays at 0
+    assert held_poly_factor(12, 4, 10, 1.0) == 0.0  # past the end: stays at 0
 
 
 def test_no_hold_matches_torch_polynomial_lr():
@@ -75,5 +75,11 @@ def test_loop_holds_the_lr_for_hold_epochs_then_decays(tmp_path):
     # 2 iterations per epoch: 2 held at 0.1, then 1 - k/4 over the last 4 iterations
     assert seen == pytest.approx([0.1, 0.1, 0.1, 0.075, 0.05, 0.025])
     with pytest.raises(ValueError, match="hold_epochs"):
-        Trainer(_Model(), objective, _Points(), LoopConfig(epochs=2, batch_size=2, lr=0.1, hold_epochs=3),
-                tmp_path, torch.device("cpu"))
+        Trainer(
+            _Model(),
+            objective,
+            _Points(),
+            LoopConfig(epochs=2, batch_size=2, lr=0.1, hold_epochs=3),
+            tmp_path,
+            torch.device("cpu"),
+        )

@@ -25,8 +25,7 @@ from pipeline.data import splits, tasks
 LABELS_ROOT = shared_dir() / "voc-aug-labels"
 REPO = Path(__file__).resolve().parents[1]
 
-pytestmark = pytest.mark.skipif(not (LABELS_ROOT / "train_aug.txt").exists(),
-                                reason=f"{LABELS_ROOT} not available")
+pytestmark = pytest.mark.skipif(not (LABELS_ROOT / "train_aug.txt").exists(), reason=f"{LABELS_ROOT} not available")
 
 # The papers' task table (MiB tasks.py; WILSON Sec. 4.1): classes added at each step.
 PAPER_TASKS = {
@@ -67,9 +66,10 @@ def expected_split(presence, task, step, protocol):
     class introduced after this step may be present."""
     steps = [set(s) for s in PAPER_TASKS[task]]
     current = steps[step] - {0}
-    future = set().union(*steps[step + 1:])
-    return [i for i, present in presence.items()
-            if present & current and (protocol == "overlap" or not present & future)]
+    future = set().union(*steps[step + 1 :])
+    return [
+        i for i, present in presence.items() if present & current and (protocol == "overlap" or not present & future)
+    ]
 
 
 def test_dataset_scale(train_ids, presence):
@@ -82,8 +82,12 @@ def test_dataset_scale(train_ids, presence):
 def all_splits(presence):
     """{(task, protocol, relaxed): build_splits(...)} for every task and protocol."""
     index = {i: {"classes": sorted(c)} for i, c in presence.items()}
-    return {(task, protocol, relaxed): splits.build_splits(index, task, protocol, relaxed)
-            for task in PAPER_TASKS for protocol in PROTOCOLS for relaxed in (False, True)}
+    return {
+        (task, protocol, relaxed): splits.build_splits(index, task, protocol, relaxed)
+        for task in PAPER_TASKS
+        for protocol in PROTOCOLS
+        for relaxed in (False, True)
+    }
 
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)
@@ -117,9 +121,9 @@ def test_invariants(task, presence, all_splits):
         used |= d_ids
         new = set(o["new_classes"])
         assert all(presence[i] & new for i in o_ids), (task, step)
-        assert all(o["labels"][i] for i in o_ids)          # at least one image-level label
+        assert all(o["labels"][i] for i in o_ids)  # at least one image-level label
         if step == len(overlap) - 1:
-            assert d_ids == o_ids                           # nothing is in the future any more
+            assert d_ids == o_ids  # nothing is in the future any more
         for protocol in PROTOCOLS:
             standard = all_splits[(task, protocol, False)][step]
             relaxed = all_splits[(task, protocol, True)][step]
@@ -133,8 +137,11 @@ def test_invariants(task, presence, all_splits):
 def test_report_step_sizes(all_splits, capsys):
     """Prints the step sizes of 15-5 and 10-10 (pytest -s); MiB's 15-5 overlap step 1 is in the
     low thousands of images."""
-    sizes = {(task, protocol): [len(s["ids"]) for s in all_splits[(task, protocol, False)]]
-             for task in ("15-5", "10-10") for protocol in PROTOCOLS}
+    sizes = {
+        (task, protocol): [len(s["ids"]) for s in all_splits[(task, protocol, False)]]
+        for task in ("15-5", "10-10")
+        for protocol in PROTOCOLS
+    }
     with capsys.disabled():
         for (task, protocol), counts in sizes.items():
             print(f"\n{task} {protocol}: images per step {counts}", end="")
@@ -145,13 +152,33 @@ def test_report_step_sizes(all_splits, capsys):
 def test_cli_on_label_maps(tmp_path, presence):
     out = tmp_path / "voc" / "splits" / "15-5-overlap"
     result = subprocess.run(
-        [sys.executable, "-m", "pipeline", "splits", "--labels-root", str(LABELS_ROOT),
-         "--train-list", "train_aug.txt", "--task", "15-5", "--protocol", "overlap",
-         "--dataset", "voc", "--workers", "2", "--outdir", str(out)],
-        cwd=REPO, capture_output=True, text=True, timeout=300)
+        [
+            sys.executable,
+            "-m",
+            "pipeline",
+            "splits",
+            "--labels-root",
+            str(LABELS_ROOT),
+            "--train-list",
+            "train_aug.txt",
+            "--task",
+            "15-5",
+            "--protocol",
+            "overlap",
+            "--dataset",
+            "voc",
+            "--workers",
+            "2",
+            "--outdir",
+            str(out),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
-    assert sorted(p.name for p in out.iterdir()) == ["step0.json", "step1.json", "summary.csv",
-                                                      "summary.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["step0.json", "step1.json", "summary.csv", "summary.json"]
     summary = json.loads((out / "summary.json").read_text())
     assert (summary["task"], summary["protocol"], summary["dataset"]) == ("15-5", "overlap", "voc")
     with open(out / "summary.csv", newline="") as f:
@@ -164,10 +191,9 @@ def test_cli_on_label_maps(tmp_path, presence):
         current = set(PAPER_TASKS["15-5"][step]) - {0}
         assert written["labels"] == {i: sorted(presence[i] & current) for i in expected}
         assert summary["steps"][step]["images"] == len(expected) == int(rows[step]["images"])
-        person = sum(15 in presence[i] for i in expected)       # 15 = person, seen at both steps
+        person = sum(15 in presence[i] for i in expected)  # 15 = person, seen at both steps
         assert int(rows[step]["person"]) == person
-    assert rows[0]["tvmonitor"] == ""                            # class 20 not yet seen at step 0
+    assert rows[0]["tvmonitor"] == ""  # class 20 not yet seen at step 0
     assert int(rows[1]["tvmonitor"]) == sum(20 in presence[i] for i in presence)
     # the step table is printed
-    assert "15-5" in result.stdout and str(len(expected_split(presence, "15-5", 1, "overlap"))) \
-        in result.stdout
+    assert "15-5" in result.stdout and str(len(expected_split(presence, "15-5", 1, "overlap"))) in result.stdout

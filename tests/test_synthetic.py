@@ -58,7 +58,7 @@ def test_layout_and_values(demo_root, demo_index):
     image = load_image(demo_root / "JPEGImages" / "demo_000007.jpg")
     assert image.shape == (96, 96, 3) and image.dtype == np.uint8
     png = Image.open(demo_root / "SegmentationClassAug" / "demo_000007.png")
-    assert png.mode == "P" and png.getpalette()[15 * 3: 16 * 3] == [192, 128, 128]  # VOC colour of 15
+    assert png.mode == "P" and png.getpalette()[15 * 3 : 16 * 3] == [192, 128, 128]  # VOC colour of 15
     values = set()
     for image_id in train[:100]:
         values |= set(np.unique(load_mask(demo_root / "SegmentationClassAug" / f"{image_id}.png")).tolist())
@@ -98,7 +98,7 @@ def test_void_band_separates_every_boundary(demo_root, demo_index):
         assert (mask == 255).any()
         padded = np.pad(mask, 1, mode="edge")
         for dy, dx in ((0, 1), (1, 0), (2, 1), (1, 2)):  # the 4 neighbours
-            neighbour = padded[dy: dy + 96, dx: dx + 96]
+            neighbour = padded[dy : dy + 96, dx : dx + 96]
             touching = (mask != 255) & (neighbour != 255) & (mask != neighbour)
             assert not touching.any(), image_id  # no two labels touch without void between them
         objects, void = np.isin(mask, range(1, 21)), mask == 255
@@ -109,14 +109,17 @@ def test_add_void_band_by_hand():
     label = np.zeros((6, 7), dtype=np.uint8)
     label[1:5, 1:4] = 2  # a 4x3 block of class 2
     label[1:5, 4:6] = 5  # touching a 4x2 block of class 5 on its right
-    expected = np.array([
-        [0, 0, 0, 0, 0, 0, 0],
-        [0, 255, 255, 255, 255, 255, 0],
-        [0, 255, 2, 2, 255, 255, 0],
-        [0, 255, 2, 2, 255, 255, 0],
-        [0, 255, 255, 255, 255, 255, 0],
-        [0, 0, 0, 0, 0, 0, 0],
-    ], dtype=np.uint8)  # 1-pixel band on the inner side; class 5 (higher) takes the shared edge
+    expected = np.array(
+        [
+            [0, 0, 0, 0, 0, 0, 0],
+            [0, 255, 255, 255, 255, 255, 0],
+            [0, 255, 2, 2, 255, 255, 0],
+            [0, 255, 2, 2, 255, 255, 0],
+            [0, 255, 255, 255, 255, 255, 0],
+            [0, 0, 0, 0, 0, 0, 0],
+        ],
+        dtype=np.uint8,
+    )  # 1-pixel band on the inner side; class 5 (higher) takes the shared edge
     np.testing.assert_array_equal(add_void_band(label), expected)
 
 

@@ -38,7 +38,7 @@ TINY = {
     "g": [5, 12],
     "h": [12, 17],
     "i": [3, 18, 20],
-    "j": [],            # background only: never kept
+    "j": [],  # background only: never kept
     "k": [10, 11],
     "l": [20],
     "m": [2, 15, 19],
@@ -57,9 +57,9 @@ EXPECTED_15_5 = {
 # 10-5-5: step 0 = 1..10, step 1 = 11..15, step 2 = 16..20.
 EXPECTED_10_5_5 = {
     ("overlap", 0): ["a", "d", "g", "i", "k", "m", "n"],
-    ("disjoint", 0): ["a", "n"],                    # d:16 g:12 i:18 k:11 m:15 are future
+    ("disjoint", 0): ["a", "n"],  # d:16 g:12 i:18 k:11 m:15 are future
     ("overlap", 1): ["b", "f", "g", "h", "k", "m"],
-    ("disjoint", 1): ["b", "f", "g", "k"],           # h has 17, m has 19
+    ("disjoint", 1): ["b", "f", "g", "k"],  # h has 17, m has 19
     ("overlap", 2): ["c", "d", "e", "h", "i", "l", "m"],
     ("disjoint", 2): ["c", "d", "e", "h", "i", "l", "m"],
 }
@@ -147,8 +147,7 @@ def test_unknown_dataset_error():
         tasks.task_steps("15-5", dataset="coco")
 
 
-@pytest.mark.parametrize("func", [tasks.seen_classes, tasks.new_classes, tasks.old_classes,
-                                  tasks.future_classes])
+@pytest.mark.parametrize("func", [tasks.seen_classes, tasks.new_classes, tasks.old_classes, tasks.future_classes])
 @pytest.mark.parametrize("step", [2, -1, 1.0, True])
 def test_step_out_of_range(func, step):
     with pytest.raises(ValueError) as err:
@@ -185,12 +184,15 @@ def test_filter_unknown_protocol():
         tasks.filter_ids(TINY, "15-5", 0, "mixed")
 
 
-@pytest.mark.parametrize("entry, pattern", [
-    ({"height": 3}, "no 'classes'"),
-    ([1, 21], r"\[21\]"),
-    ([1, "dog"], "not an integer"),
-    ("1,2", "expected a list"),
-])
+@pytest.mark.parametrize(
+    "entry, pattern",
+    [
+        ({"height": 3}, "no 'classes'"),
+        ([1, 21], r"\[21\]"),
+        ([1, "dog"], "not an integer"),
+        ("1,2", "expected a list"),
+    ],
+)
 def test_filter_bad_index_entry_names_the_id(entry, pattern):
     index = {"a": [1], "2008_000123": entry}
     with pytest.raises(ValueError, match=pattern) as err:
@@ -208,7 +210,7 @@ def test_image_labels_standard_and_relaxed():
     assert tasks.image_labels(present, "10-5-5", 0) == [3]
     assert tasks.image_labels(present, "10-5-5", 0, relaxed=True) == [3]
     assert tasks.image_labels(present, "10-5-5", 1) == [12]
-    assert tasks.image_labels(present, "10-5-5", 1, relaxed=True) == [3, 12]     # 18 is future
+    assert tasks.image_labels(present, "10-5-5", 1, relaxed=True) == [3, 12]  # 18 is future
     assert tasks.image_labels(present, "10-5-5", 2) == [18]
     assert tasks.image_labels(present, "10-5-5", 2, relaxed=True) == [3, 12, 18]
     # an old-classes-only image has no standard label but relaxed ones
@@ -226,12 +228,9 @@ def test_pixel_target_lut_current_and_seen():
     lut = tasks.pixel_target_lut("10-5-5", 1)
     assert lut.dtype == np.uint8 and lut.shape == (256,)
     np.testing.assert_array_equal(lut[MASK], [[0, 0, 12], [0, 255, 11]])
-    np.testing.assert_array_equal(tasks.pixel_target_lut("10-5-5", 1, learned="seen")[MASK],
-                                  [[0, 3, 12], [0, 255, 11]])
-    np.testing.assert_array_equal(tasks.pixel_target_lut("10-5-5", 0)[MASK],
-                                  [[0, 3, 0], [0, 255, 0]])
-    np.testing.assert_array_equal(tasks.pixel_target_lut("10-5-5", 2)[MASK],
-                                  [[0, 0, 0], [18, 255, 0]])
+    np.testing.assert_array_equal(tasks.pixel_target_lut("10-5-5", 1, learned="seen")[MASK], [[0, 3, 12], [0, 255, 11]])
+    np.testing.assert_array_equal(tasks.pixel_target_lut("10-5-5", 0)[MASK], [[0, 3, 0], [0, 255, 0]])
+    np.testing.assert_array_equal(tasks.pixel_target_lut("10-5-5", 2)[MASK], [[0, 0, 0], [18, 255, 0]])
 
 
 def test_eval_target_lut_masks_unseen_classes():
@@ -263,19 +262,17 @@ def test_build_splits_10_5_5_disjoint_relaxed():
     assert steps[1]["old_classes"] == list(range(1, 11))
     assert steps[1]["seen_classes"] == list(range(16))
     assert steps[2]["new_classes"] == [16, 17, 18, 19, 20]
-    assert all(s["dataset"] == "tiny" and s["relaxed"] is True and s["protocol"] == "disjoint"
-               for s in steps)
+    assert all(s["dataset"] == "tiny" and s["relaxed"] is True and s["protocol"] == "disjoint" for s in steps)
 
 
 def test_build_splits_standard_labels_are_new_classes_present():
     steps = splits.build_splits(TINY, "15-5", "overlap")
-    assert steps[0]["labels"]["m"] == [2, 15]       # step 0: base classes present
-    assert steps[1]["labels"] == {"c": [16], "d": [16], "e": [16, 20], "h": [17],
-                                  "i": [18, 20], "l": [20], "m": [19]}
+    assert steps[0]["labels"]["m"] == [2, 15]  # step 0: base classes present
+    assert steps[1]["labels"] == {"c": [16], "d": [16], "e": [16, 20], "h": [17], "i": [18, 20], "l": [20], "m": [19]}
 
 
 def test_build_splits_empty_step_is_an_error():
-    index = {"x": [1], "y": [2, 16]}      # no image with 3..15 or 17..20 matters; 2-2 step 1 = {3, 4}
+    index = {"x": [1], "y": [2, 16]}  # no image with 3..15 or 17..20 matters; 2-2 step 1 = {3, 4}
     with pytest.raises(ValueError, match=r"'2-2'.*'overlap'.*step 1"):
         splits.build_splits(index, "2-2", "overlap")
 
@@ -305,28 +302,53 @@ def test_summary_csv_columns():
     assert header[:4] == ["step", "images", "aeroplane", "bicycle"] and header[-1] == "tvmonitor"
     assert len(header) == 22
     step0 = rows[1].split(",")
-    assert step0[:3] == ["0", "10", "2"] and step0[-5:] == [""] * 5      # 16..20 not yet seen
+    assert step0[:3] == ["0", "10", "2"] and step0[-5:] == [""] * 5  # 16..20 not yet seen
 
 
 def _cli_args(**overrides):
-    args = dict(index=None, split="train", labels_root=None, train_list=None, mask_dir="auto",
-                task="15-5", protocol="overlap", dataset="voc", task_table="voc", relaxed=False,
-                workers=0, outdir=None, step=None, out=None, summary=None)
+    args = dict(
+        index=None,
+        split="train",
+        labels_root=None,
+        train_list=None,
+        mask_dir="auto",
+        task="15-5",
+        protocol="overlap",
+        dataset="voc",
+        task_table="voc",
+        relaxed=False,
+        workers=0,
+        outdir=None,
+        step=None,
+        out=None,
+        summary=None,
+    )
     args.update(overrides)
     return types.SimpleNamespace(**args)
 
 
 def test_cli_with_index_json(tmp_path, capsys):
     index_file = tmp_path / "index.json"
-    index_file.write_text(json.dumps({
-        "splits": {"train": list(TINY), "val": ["v"]},
-        "index": {**{i: {"height": 4, "width": 4, "classes": c} for i, c in TINY.items()},
-                  "v": {"height": 4, "width": 4, "classes": [21]}},
-    }))
+    index_file.write_text(
+        json.dumps(
+            {
+                "splits": {"train": list(TINY), "val": ["v"]},
+                "index": {
+                    **{i: {"height": 4, "width": 4, "classes": c} for i, c in TINY.items()},
+                    "v": {"height": 4, "width": 4, "classes": [21]},
+                },
+            }
+        )
+    )
     out = tmp_path / "splits"
     splits.run(_cli_args(index=index_file, task="10-5-5", protocol="disjoint", outdir=out))
-    assert sorted(p.name for p in out.iterdir()) == ["step0.json", "step1.json", "step2.json",
-                                                      "summary.csv", "summary.json"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "step0.json",
+        "step1.json",
+        "step2.json",
+        "summary.csv",
+        "summary.json",
+    ]
     step1 = json.loads((out / "step1.json").read_text())
     assert step1["ids"] == EXPECTED_10_5_5[("disjoint", 1)]
     assert step1["labels"] == {"b": [15], "f": [11], "g": [12], "k": [11]}
@@ -338,8 +360,9 @@ def test_cli_with_index_json(tmp_path, capsys):
 def test_cli_failure_leaves_no_file(tmp_path):
     index_file = tmp_path / "index.json"
     # 2-2: step 0 (1, 2) has images, step 1 (3, 4) has none
-    index_file.write_text(json.dumps({"splits": {"train": ["x", "y"]},
-                                      "index": {"x": {"classes": [1]}, "y": {"classes": [2, 16]}}}))
+    index_file.write_text(
+        json.dumps({"splits": {"train": ["x", "y"]}, "index": {"x": {"classes": [1]}, "y": {"classes": [2, 16]}}})
+    )
     out = tmp_path / "splits"
     with pytest.raises(ValueError, match="step 1"):
         splits.run(_cli_args(index=index_file, task="2-2", outdir=out))
@@ -348,8 +371,9 @@ def test_cli_failure_leaves_no_file(tmp_path):
 
 def test_cli_failure_while_writing_leaves_no_file(tmp_path, monkeypatch):
     index_file = tmp_path / "index.json"
-    index_file.write_text(json.dumps({"splits": {"train": list(TINY)},
-                                      "index": {i: {"classes": c} for i, c in TINY.items()}}))
+    index_file.write_text(
+        json.dumps({"splits": {"train": list(TINY)}, "index": {i: {"classes": c} for i, c in TINY.items()}})
+    )
     out = tmp_path / "splits"
 
     def broken_csv(summary):
@@ -358,7 +382,7 @@ def test_cli_failure_while_writing_leaves_no_file(tmp_path, monkeypatch):
     monkeypatch.setattr(splits, "summary_csv", broken_csv)
     with pytest.raises(RuntimeError, match="disk full"):
         splits.run(_cli_args(index=index_file, task="10-5-5", outdir=out))
-    assert list(out.iterdir()) == []      # step files were written, then removed, never renamed
+    assert list(out.iterdir()) == []  # step files were written, then removed, never renamed
 
 
 def test_cli_index_missing_ids(tmp_path):

@@ -21,9 +21,21 @@ from pipeline.metrics.miou import confusion_matrix, iou_per_class
 
 PARAMS = {
     "model": {"backbone": "resnet18", "output_stride": 16, "pretrained": "none"},
-    "train": {"loss": "ce", "epochs": 6, "batch_size": 8, "lr": 0.01, "head_lr_mult": 1.0, "momentum": 0.9,
-              "weight_decay": 1e-4, "poly_power": 0.9, "crop_size": 64, "scale_range": [0.75, 1.25],
-              "amp": True, "eval_every": 2, "eval_batch_size": 16},
+    "train": {
+        "loss": "ce",
+        "epochs": 6,
+        "batch_size": 8,
+        "lr": 0.01,
+        "head_lr_mult": 1.0,
+        "momentum": 0.9,
+        "weight_decay": 1e-4,
+        "poly_power": 0.9,
+        "crop_size": 64,
+        "scale_range": [0.75, 1.25],
+        "amp": True,
+        "eval_every": 2,
+        "eval_batch_size": 16,
+    },
 }
 
 
@@ -39,9 +51,26 @@ def tiny(tmp_path_factory):
 
 
 def _train_cmd(tiny: Path, outdir: Path) -> list[str]:
-    return [sys.executable, "-m", "pipeline", "train-base", "--split", str(tiny / "step0.json"),
-            "--data", str(tiny / "dataset.json"), "--params", json.dumps(PARAMS), "--outdir", str(outdir),
-            "--device", "cpu", "--threads", "1", "--seed", "5"]
+    return [
+        sys.executable,
+        "-m",
+        "pipeline",
+        "train-base",
+        "--split",
+        str(tiny / "step0.json"),
+        "--data",
+        str(tiny / "dataset.json"),
+        "--params",
+        json.dumps(PARAMS),
+        "--outdir",
+        str(outdir),
+        "--device",
+        "cpu",
+        "--threads",
+        "1",
+        "--seed",
+        "5",
+    ]
 
 
 def _weights(path: Path) -> dict:
@@ -49,9 +78,25 @@ def _weights(path: Path) -> dict:
 
 
 def _evaluate(tiny: Path, run: Path) -> dict:
-    main(["evaluate", "--model", str(run / "model.pt"), "--data", str(tiny / "dataset.json"),
-          "--split", str(tiny / "step0.json"), "--out", str(run / "metrics.json"),
-          "--pred-dir", str(run / "predictions"), "--device", "cpu", "--batch-size", "8"])
+    main(
+        [
+            "evaluate",
+            "--model",
+            str(run / "model.pt"),
+            "--data",
+            str(tiny / "dataset.json"),
+            "--split",
+            str(tiny / "step0.json"),
+            "--out",
+            str(run / "metrics.json"),
+            "--pred-dir",
+            str(run / "predictions"),
+            "--device",
+            "cpu",
+            "--batch-size",
+            "8",
+        ]
+    )
     return read_json(run / "metrics.json")
 
 

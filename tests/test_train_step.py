@@ -12,11 +12,32 @@ from pipeline.methods import build_method
 from pipeline.methods.base import StepContext, StepInputs
 from pipeline.models import build_segmenter
 
-WILSON = {"warmup_epochs": 1, "alpha": 0.5, "focal_lambda": 0.01, "focal_gamma": 3.0, "ngwp_eps": 1.0,
-          "relaxed": False, "restrict_to_labels": True, "head_lr_mult": 10.0}
-FMWISS = {"warmup_epochs": 1, "lambda_dcl": 0.1, "tau": 0.1, "points_per_class": 10, "alpha": 0.5, "beta": 0.9,
-          "head_lr_mult": 10.0, "restrict_to_labels": True, "pasted_one_hot": True, "suppress_background": True,
-          "teacher_prior": 0.01, "all_bce_reduction": "sum", "paste_prob": 0.5, "coseg": {}}
+WILSON = {
+    "warmup_epochs": 1,
+    "alpha": 0.5,
+    "focal_lambda": 0.01,
+    "focal_gamma": 3.0,
+    "ngwp_eps": 1.0,
+    "relaxed": False,
+    "restrict_to_labels": True,
+    "head_lr_mult": 10.0,
+}
+FMWISS = {
+    "warmup_epochs": 1,
+    "lambda_dcl": 0.1,
+    "tau": 0.1,
+    "points_per_class": 10,
+    "alpha": 0.5,
+    "beta": 0.9,
+    "head_lr_mult": 10.0,
+    "restrict_to_labels": True,
+    "pasted_one_hot": True,
+    "suppress_background": True,
+    "teacher_prior": 0.01,
+    "all_bce_reduction": "sum",
+    "paste_prob": 0.5,
+    "coseg": {},
+}
 TRAIN = {"crop_size": 48, "scale_range": [1.0, 1.0]}
 SEGMENTER = {"backbone": "resnet18", "output_stride": 16, "pretrained": "none"}
 PIXEL = {"loss": "ce", "head_lr_mult": 1.0}
@@ -80,7 +101,7 @@ def test_step_context_freezes_the_old_model():
     old = build_segmenter({"backbone": "resnet18", "output_stride": 16, "pretrained": "none"}, [16]).train()
     context = StepContext.build("15-5", 1, old)
     assert not old.training and not any(p.requires_grad for p in old.parameters())
-    assert (context.num_old, context.new_classes, context.num_classes) == (16, [16, 17, 18, 19, 20], 21)
+    assert (context.num_old_channels, context.new_classes, context.num_classes) == (16, [16, 17, 18, 19, 20], 21)
     with pytest.raises(ValueError, match="t >= 1"):
         StepContext.build("15-5", 0, old)
     with pytest.raises(ValueError, match="needs the step context"):
@@ -128,16 +149,49 @@ def test_fmwiss_data_aligns_coseg_masks_and_pasted_instances(tiny, tmp_path):
     for step in (0, 1):
         (tmp_path / f"step{step}.json").write_text(json.dumps(splits[step]))
     data = str(root / "dataset.json")
-    main(["memory-bank", "--split", str(tmp_path / "step0.json"), "--data", data, "--out", str(tmp_path / "bank.h5"),
-          "--params", '{"per_class": 3, "min_area": 4, "seed": 0}', "--no-progress"])
+    main(
+        [
+            "memory-bank",
+            "--split",
+            str(tmp_path / "step0.json"),
+            "--data",
+            data,
+            "--out",
+            str(tmp_path / "bank.h5"),
+            "--params",
+            '{"per_class": 3, "min_area": 4, "seed": 0}',
+            "--no-progress",
+        ]
+    )
     coseg_cfg = {"source": "oracle"}
-    main(["coseg", "--split", str(tmp_path / "step1.json"), "--data", data, "--out", str(tmp_path / "coseg.h5"),
-          "--params", json.dumps(coseg_cfg), "--no-progress"])
+    main(
+        [
+            "coseg",
+            "--split",
+            str(tmp_path / "step1.json"),
+            "--data",
+            data,
+            "--out",
+            str(tmp_path / "coseg.h5"),
+            "--params",
+            json.dumps(coseg_cfg),
+            "--no-progress",
+        ]
+    )
     scale_free = {"crop_size": 48, "scale_range": [1.0, 1.0]}
     fmwiss = {**FMWISS, "coseg": coseg_cfg, "paste_prob": 1.0}
-    dataset = method_data("fmwiss", fmwiss, splits[1], data, scale_free, coseg=str(tmp_path / "coseg.h5"),
-                          memory=str(tmp_path / "bank.h5"))
-    assert MemoryBank(tmp_path / "bank.h5").classes() and set(MemoryBank(tmp_path / "bank.h5").classes()) <= set(range(1, 16))
+    dataset = method_data(
+        "fmwiss",
+        fmwiss,
+        splits[1],
+        data,
+        scale_free,
+        coseg=str(tmp_path / "coseg.h5"),
+        memory=str(tmp_path / "bank.h5"),
+    )
+    assert MemoryBank(tmp_path / "bank.h5").classes() and set(MemoryBank(tmp_path / "bank.h5").classes()) <= set(
+        range(1, 16)
+    )
     index = read_json(data)
     torch.manual_seed(0)
     pasted_any = False
@@ -149,15 +203,19 @@ def test_fmwiss_data_aligns_coseg_masks_and_pasted_instances(tiny, tmp_path):
         pasted_any |= bool((pasted > 0).any())
         assert (sample["pseudo"][:, pasted > 0] == 0).all()
         # without the pasted pixels, the oracle masks are the ground truth of the labelled new classes
-        gt = torch.from_numpy(load_mask(os.path.join(index["root"], index["mask_dir"], sample["id"] + ".png")).astype(np.int64))
+        gt = torch.from_numpy(
+            load_mask(os.path.join(index["root"], index["mask_dir"], sample["id"] + ".png")).astype(np.int64)
+        )
         h, w = gt.shape
         if (h, w) == tuple(sample["valid"].shape):  # no padding, no crop: compare the whole image
             keep = (pasted == 0) & sample["valid"]
             labelled = splits[1]["labels"][sample["id"]]
 
             def matches(view, sample=sample, keep=keep, labelled=labelled):  # the sample may be flipped
-                return all(torch.equal(sample["pseudo"][k][keep] > 0, ((view == c) & (c in labelled))[keep])
-                           for k, c in enumerate(range(16, 21)))
+                return all(
+                    torch.equal(sample["pseudo"][k][keep] > 0, ((view == c) & (c in labelled))[keep])
+                    for k, c in enumerate(range(16, 21))
+                )
 
             assert matches(gt) or matches(gt.flip(-1))
     assert pasted_any

@@ -39,20 +39,38 @@ def test_variants_sort_after_their_method():
 
 
 def _run(method, protocol, step, new, seed=0):
-    return Run(path=f"{method}/{protocol}/{step}", data={
-        "dataset": "demo", "task": "15-5", "step": step, "method": method, "protocol": protocol, "seed": seed,
-        "old_classes": list(range(1, 16)), "new_classes": list(range(16, 21)),
-        "miou_old": 0.5, "miou_new": new, "miou_all": 0.45})
+    return Run(
+        path=f"{method}/{protocol}/{step}",
+        data={
+            "dataset": "demo",
+            "task": "15-5",
+            "step": step,
+            "method": method,
+            "protocol": protocol,
+            "seed": seed,
+            "old_classes": list(range(1, 16)),
+            "new_classes": list(range(16, 21)),
+            "miou_old": 0.5,
+            "miou_new": new,
+            "miou_all": 0.45,
+        },
+    )
 
 
 def test_ablation_table_has_a_column_per_changed_setting():
-    runs = [_run("fmwiss", "overlap", 1, 0.30), _run("fmwiss_none", "overlap", 1, 0.20),
-            _run("wilson", "overlap", 1, 0.10), _run("base", "overlap", 0, 0.0)]
+    runs = [
+        _run("fmwiss", "overlap", 1, 0.30),
+        _run("fmwiss_none", "overlap", 1, 0.20),
+        _run("wilson", "overlap", 1, 0.10),
+        _run("base", "overlap", 0, 0.0),
+    ]
     variants = {"fmwiss_none": {"method": "fmwiss", "changes": {"coseg.fusion": "none"}}}
     (table,) = ablation_tables(runs, variants)
     assert table["header"] == ["Method", "coseg.fusion", "Overlap 1-15", "Overlap 16-20", "Overlap All"]
-    assert table["rows"] == [["FMWISS", "default", "50.0", "30.0", "45.0"],
-                             ["fmwiss_none", "none", "50.0", "20.0", "45.0"]]
+    assert table["rows"] == [
+        ["FMWISS", "default", "50.0", "30.0", "45.0"],
+        ["fmwiss_none", "none", "50.0", "20.0", "45.0"],
+    ]
     assert markdown(table).count("\n") == 4
     assert ablation_tables(runs, {}) == []  # no variant: no ablation table
 

@@ -215,8 +215,21 @@ def test_broken_dataset_errors_name_id_and_file(mini, metadata, case):
 
     output = mini.parent / "out" / "index.json"
     with pytest.raises(DatasetError):
-        main(["prepare-data", "--root", str(mini), "--train-list", "train.txt", "--val-list", "val.txt",
-              "--workers", "2" if case == "mask-value-42" else "0", "--output", str(output)])
+        main(
+            [
+                "prepare-data",
+                "--root",
+                str(mini),
+                "--train-list",
+                "train.txt",
+                "--val-list",
+                "val.txt",
+                "--workers",
+                "2" if case == "mask-value-42" else "0",
+                "--output",
+                str(output),
+            ]
+        )
     assert not output.exists()
     assert not output.parent.exists() or list(output.parent.iterdir()) == []
 
@@ -231,15 +244,30 @@ def test_index_voc_mini_matches_metadata(metadata):
     for image_id in ids:
         width, height = metadata[image_id]["size"]
         assert index[image_id] == {"height": height, "width": width, "classes": metadata[image_id]["classes"]}
-    assert index_dataset(MINI, ids[:40], "SegmentationClass", workers=2, progress=False) == \
-        {i: index[i] for i in ids[:40]}
+    assert index_dataset(MINI, ids[:40], "SegmentationClass", workers=2, progress=False) == {
+        i: index[i] for i in ids[:40]
+    }
 
 
 @needs_mini
 def test_prepare_data_cli(mini, metadata, capsys):
     output = mini.parent / "prepared" / "index.json"
-    assert main(["prepare-data", "--root", str(mini), "--train-list", "train.txt",
-                 "--val-list", str(mini / "val.txt"), "--output", str(output)]) == 0
+    assert (
+        main(
+            [
+                "prepare-data",
+                "--root",
+                str(mini),
+                "--train-list",
+                "train.txt",
+                "--val-list",
+                str(mini / "val.txt"),
+                "--output",
+                str(output),
+            ]
+        )
+        == 0
+    )
     doc = json.loads(output.read_text())
     train, val = read_ids(mini / "train.txt"), read_ids(mini / "val.txt")
     assert doc["root"] == str(mini.resolve()) and doc["images"] is True
@@ -256,8 +284,20 @@ def test_prepare_data_cli(mini, metadata, capsys):
 
     # labels only: the JPEGs are not needed
     shutil.rmtree(mini / "JPEGImages")
-    main(["prepare-data", "--root", str(mini), "--train-list", "train.txt", "--val-list", "val.txt",
-          "--labels-only", "--output", str(output)])
+    main(
+        [
+            "prepare-data",
+            "--root",
+            str(mini),
+            "--train-list",
+            "train.txt",
+            "--val-list",
+            "val.txt",
+            "--labels-only",
+            "--output",
+            str(output),
+        ]
+    )
     assert json.loads(output.read_text())["images"] is False
 
 
@@ -268,8 +308,19 @@ def test_prepare_data_rejects_id_in_both_lists(mini):
         f.write(shared_id + "\n")
     output = mini.parent / "index.json"
     with pytest.raises(DatasetError, match=rf"{shared_id}.*train\.txt.*val\.txt"):
-        main(["prepare-data", "--root", str(mini), "--train-list", "train.txt", "--val-list", "val.txt",
-              "--output", str(output)])
+        main(
+            [
+                "prepare-data",
+                "--root",
+                str(mini),
+                "--train-list",
+                "train.txt",
+                "--val-list",
+                "val.txt",
+                "--output",
+                str(output),
+            ]
+        )
     assert not output.exists()
 
 

@@ -35,20 +35,30 @@ def test_dry_run_lists_full_voc_matrix(tmp_path):
     proc = snakemake(tmp_path, "-n", "--cores", "2")
     counts = job_counts(proc.stdout + proc.stderr)
     # 15-5 and 10-10, disjoint and overlap, seed 0
-    assert counts == {"prepare_data": 1, "splits": 4, "split_summary": 4, "train_base": 4,
-                      "evaluate": 4, "report": 1, "all": 1}
+    assert counts == {
+        "prepare_data": 1,
+        "splits": 4,
+        "split_summary": 4,
+        "train_base": 4,
+        "evaluate": 4,
+        "report": 1,
+        "all": 1,
+    }
     text = proc.stdout + proc.stderr
     for task in ("15-5", "10-10"):
         for protocol in ("disjoint", "overlap"):
             assert f"results/voc/{task}-{protocol}/seed0/step0/base/model.pt" in text
 
 
-@pytest.mark.parametrize("overlay, expected", [
-    ("model: {backbone: resnet18, output_stride: 16, pretrained: none, dropout: 0.1}", "dropout"),
-    ("train_base: {epochs: ten}", "epochs"),
-    ("experiments: {tasks: ['15-6']}", "15-6"),
-    ("device: gpu", "device"),
-])
+@pytest.mark.parametrize(
+    "overlay, expected",
+    [
+        ("model: {backbone: resnet18, output_stride: 16, pretrained: none, dropout: 0.1}", "dropout"),
+        ("train_base: {epochs: ten}", "epochs"),
+        ("experiments: {tasks: ['15-6']}", "15-6"),
+        ("device: gpu", "device"),
+    ],
+)
 def test_bad_config_is_rejected_with_the_key(tmp_path, overlay, expected):
     (tmp_path / "bad.yaml").write_text(overlay + "\n")
     proc = snakemake(tmp_path, "-n", "--cores", "1", "--configfile", str(tmp_path / "bad.yaml"), check=False)
@@ -114,10 +124,20 @@ def test_missing_voc_root_fails_with_a_hint_and_no_output(tmp_path):
 
 def test_chained_multistep_run(tmp_path):
     """10-5-5 overlap: step 1 starts from the base model, step 2 from step 1 of the same method."""
-    overlays = ["--configfile", str(REPO / "config/demo.yaml"), str(REPO / "tests/data/tiny.yaml"),
-                str(REPO / "tests/data/tiny-incremental.yaml")]
-    snakemake(tmp_path, "--cores", "2", *overlays, "--config",
-              "experiments={tasks: ['10-5-5'], protocols: [overlap], methods: [ft, wilson]}")
+    overlays = [
+        "--configfile",
+        str(REPO / "config/demo.yaml"),
+        str(REPO / "tests/data/tiny.yaml"),
+        str(REPO / "tests/data/tiny-incremental.yaml"),
+    ]
+    snakemake(
+        tmp_path,
+        "--cores",
+        "2",
+        *overlays,
+        "--config",
+        "experiments={tasks: ['10-5-5'], protocols: [overlap], methods: [ft, wilson]}",
+    )
     import torch
 
     from pipeline.io import read_json
@@ -134,8 +154,13 @@ def test_chained_multistep_run(tmp_path):
     assert (tmp_path / "results/report/figures/steps_demo_10-5-5.png").is_file()
 
 
-WEAK = ["--configfile", str(REPO / "config/demo.yaml"), str(REPO / "tests/data/tiny.yaml"),
-        str(REPO / "tests/data/tiny-incremental.yaml"), str(REPO / "tests/data/tiny-weak.yaml")]
+WEAK = [
+    "--configfile",
+    str(REPO / "config/demo.yaml"),
+    str(REPO / "tests/data/tiny.yaml"),
+    str(REPO / "tests/data/tiny-incremental.yaml"),
+    str(REPO / "tests/data/tiny-weak.yaml"),
+]
 
 
 def test_weak_methods_run_and_read_time_settings_do_not_rerun_coseg(tmp_path):
@@ -148,10 +173,14 @@ def test_weak_methods_run_and_read_time_settings_do_not_rerun_coseg(tmp_path):
     task = tmp_path / "results/demo/10-5-5-overlap"
     for step in (1, 2):
         caches = sorted((task / f"step{step}/coseg").glob("*.h5"))
-        assert len(caches) == 2 and caches[0].name == "default.h5"  # clip + oracle (named by the first variant using it)
+        assert (
+            len(caches) == 2 and caches[0].name == "default.h5"
+        )  # clip + oracle (named by the first variant using it)
         for cache in caches:
             with open_cache(cache) as reader:
-                assert len(reader) == len(read_json(tmp_path / f"results/demo/splits/10-5-5-overlap/step{step}.json")["ids"])
+                assert len(reader) == len(
+                    read_json(tmp_path / f"results/demo/splits/10-5-5-overlap/step{step}.json")["ids"]
+                )
         oracle = read_json(task / f"step{step}/coseg/quality/fmwiss_oracle.json")
         assert oracle["fused"]["miou"] == pytest.approx(1.0)  # the ground truth, read back through the cache
         for method in ("fmwiss", "fmwiss_oracle", "cam", "iscam"):

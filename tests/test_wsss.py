@@ -22,8 +22,17 @@ from pipeline.wsss.pseudo_labels import (
     pseudo_label,
 )
 
-NET = {"backbone": "resnet18", "output_stride": 16, "pretrained": "none", "freeze_bn": True, "dropout": 0.5,
-       "num_words": 8, "pyramid_levels": [1, 2, 4], "gamma": 2.0, "detach_word_features": True}
+NET = {
+    "backbone": "resnet18",
+    "output_stride": 16,
+    "pretrained": "none",
+    "freeze_bn": True,
+    "dropout": 0.5,
+    "num_words": 8,
+    "pyramid_levels": [1, 2, 4],
+    "gamma": 2.0,
+    "detach_word_features": True,
+}
 
 
 # --- networks -----------------------------------------------------------------------------------
@@ -82,8 +91,12 @@ def test_multiscale_cams_average_scales_and_flips():
         assert torch.allclose(multiscale_cams(net, image, [1.0], flip=False), plain)
         flipped = net.cams(image.flip(-1))[0].flip(-1)
         assert torch.allclose(multiscale_cams(net, image, [1.0], flip=True), (plain + flipped) / 2, atol=1e-6)
-        double = F.interpolate(net.cams(F.interpolate(image, size=(128, 128), mode="bilinear", align_corners=False)),
-                               size=(4, 4), mode="bilinear", align_corners=False)[0]
+        double = F.interpolate(
+            net.cams(F.interpolate(image, size=(128, 128), mode="bilinear", align_corners=False)),
+            size=(4, 4),
+            mode="bilinear",
+            align_corners=False,
+        )[0]
         assert torch.allclose(multiscale_cams(net, image, [1.0, 2.0]), (plain + double) / 2, atol=1e-5)
 
 
@@ -91,11 +104,13 @@ def test_multiscale_cams_average_scales_and_flips():
 
 
 def test_pseudo_label_threshold_restricted_to_labelled_classes():
-    cams = torch.tensor([
-        [[0.9, 0.1], [0.3, 0.05]],  # class 16, labelled
-        [[1.0, 1.0], [1.0, 1.0]],   # class 17, not labelled: must never appear
-        [[0.5, 0.6], [0.1, 0.2]],   # class 18, labelled
-    ])
+    cams = torch.tensor(
+        [
+            [[0.9, 0.1], [0.3, 0.05]],  # class 16, labelled
+            [[1.0, 1.0], [1.0, 1.0]],  # class 17, not labelled: must never appear
+            [[0.5, 0.6], [0.1, 0.2]],  # class 18, labelled
+        ]
+    )
     labelled = torch.tensor([True, False, True])
     label = pseudo_label(cams, labelled, [16, 17, 18], (2, 2), threshold=0.25)
     assert label.dtype == np.uint8
@@ -156,24 +171,70 @@ def test_cache_round_trip_and_provenance_mismatch(tmp_path):
 
 # --- end to end ---------------------------------------------------------------------------------
 
-TRAIN = {"epochs": 1, "batch_size": 4, "lr": 0.01, "head_lr_mult": 10.0, "momentum": 0.9, "weight_decay": 1e-4,
-         "poly_power": 0.9, "crop_size": 64, "scale_range": [0.75, 1.25], "amp": True}
+TRAIN = {
+    "epochs": 1,
+    "batch_size": 4,
+    "lr": 0.01,
+    "head_lr_mult": 10.0,
+    "momentum": 0.9,
+    "weight_decay": 1e-4,
+    "poly_power": 0.9,
+    "crop_size": 64,
+    "scale_range": [0.75, 1.25],
+    "amp": True,
+}
 CAMS = {
     "cam": dict(NET, threshold=0.2, scales=[1.0, 0.5], flip=True),
     "vwe": dict(NET, dropout=0.0, threshold=0.14, scales=[1.0, 0.5], flip=True),
-    "iscam": dict(NET, lambda_is=1.0, num_samples=1, fs_weight=1.0, sigma_init=5.0, mu_init=2.5,
-                  learn_sigma_mu=False, fs_normalisation="pixels", scales=[1.0, 0.5], flip=True),
+    "iscam": dict(
+        NET,
+        lambda_is=1.0,
+        num_samples=1,
+        fs_weight=1.0,
+        sigma_init=5.0,
+        mu_init=2.5,
+        learn_sigma_mu=False,
+        fs_normalisation="pixels",
+        scales=[1.0, 0.5],
+        flip=True,
+    ),
 }
 
 
 @pytest.fixture(scope="module")
 def step1(tmp_path_factory):
     root = tmp_path_factory.mktemp("wsss")
-    main(["make-demo-data", "--root", str(root / "data"), "--n-train", "40", "--n-val", "4", "--size", "64",
-          "--seed", "7"])
+    main(
+        [
+            "make-demo-data",
+            "--root",
+            str(root / "data"),
+            "--n-train",
+            "40",
+            "--n-val",
+            "4",
+            "--size",
+            "64",
+            "--seed",
+            "7",
+        ]
+    )
     main(["prepare-data", "--root", str(root / "data"), "--output", str(root / "dataset.json")])
-    main(["splits", "--index", str(root / "dataset.json"), "--task", "15-5", "--protocol", "overlap",
-          "--dataset", "demo", "--outdir", str(root / "splits")])
+    main(
+        [
+            "splits",
+            "--index",
+            str(root / "dataset.json"),
+            "--task",
+            "15-5",
+            "--protocol",
+            "overlap",
+            "--dataset",
+            "demo",
+            "--outdir",
+            str(root / "splits"),
+        ]
+    )
     return root, root / "splits/step1.json"
 
 
@@ -183,10 +244,33 @@ def csv_rows(path):
 
 
 def _pseudo_labels(root, split_path, cam, out):
-    main(["pseudo-labels", "--cam", cam, "--model", str(root / cam / "model.pt"), "--split", str(split_path),
-          "--data", str(root / "dataset.json"), "--params", json.dumps({"cam": CAMS[cam]}),
-          "--out", str(out / f"{cam}.h5"), "--quality", str(out / f"{cam}_quality.json"),
-          "--figure", str(out / f"{cam}_examples.png"), "--figure-images", "2", "--device", "cpu", "--threads", "1"])
+    main(
+        [
+            "pseudo-labels",
+            "--cam",
+            cam,
+            "--model",
+            str(root / cam / "model.pt"),
+            "--split",
+            str(split_path),
+            "--data",
+            str(root / "dataset.json"),
+            "--params",
+            json.dumps({"cam": CAMS[cam]}),
+            "--out",
+            str(out / f"{cam}.h5"),
+            "--quality",
+            str(out / f"{cam}_quality.json"),
+            "--figure",
+            str(out / f"{cam}_examples.png"),
+            "--figure-images",
+            "2",
+            "--device",
+            "cpu",
+            "--threads",
+            "1",
+        ]
+    )
 
 
 @pytest.mark.parametrize("cam", ["cam", "vwe", "iscam"])
@@ -195,8 +279,25 @@ def test_train_cam_then_pseudo_labels(step1, cam):
     split = read_json(split_path)
     # the rule passes the whole train_cam section (one subsection per baseline)
     train = {name: dict(TRAIN, epochs=1 if name == cam else 99) for name in CAMS}
-    main(["train-cam", "--cam", cam, "--split", str(split_path), "--data", str(root / "dataset.json"),
-          "--params", json.dumps({"train": train, "cam": CAMS[cam]}), "--outdir", str(root / cam), "--device", "cpu", "--threads", "1"])
+    main(
+        [
+            "train-cam",
+            "--cam",
+            cam,
+            "--split",
+            str(split_path),
+            "--data",
+            str(root / "dataset.json"),
+            "--params",
+            json.dumps({"train": train, "cam": CAMS[cam]}),
+            "--outdir",
+            str(root / cam),
+            "--device",
+            "cpu",
+            "--threads",
+            "1",
+        ]
+    )
     assert len(csv_rows(root / cam / "history.csv")) == 1  # the baseline's own subsection: 1 epoch
     assert (root / cam / "history.csv").is_file() and not (root / cam / "checkpoint.pt").exists()
     _net, meta = load_cam_model(root / cam / "model.pt")
@@ -230,9 +331,23 @@ def test_pseudo_labels_resume_after_a_kill(step1):
     root, split_path = step1
     split = read_json(split_path)
     if not (root / "cam" / "model.pt").exists():
-        main(["train-cam", "--cam", "cam", "--split", str(split_path), "--data", str(root / "dataset.json"),
-              "--params", json.dumps({"train": TRAIN, "cam": CAMS["cam"]}), "--outdir", str(root / "cam"),
-              "--device", "cpu"])
+        main(
+            [
+                "train-cam",
+                "--cam",
+                "cam",
+                "--split",
+                str(split_path),
+                "--data",
+                str(root / "dataset.json"),
+                "--params",
+                json.dumps({"train": TRAIN, "cam": CAMS["cam"]}),
+                "--outdir",
+                str(root / "cam"),
+                "--device",
+                "cpu",
+            ]
+        )
     out = root / "resume"
     expected = expected_provenance("cam", root / "cam" / "model.pt", split, CAMS["cam"])
     # a killed run left one image in the partial file; a marker label shows whether it is recomputed:

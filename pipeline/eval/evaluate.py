@@ -40,8 +40,9 @@ def report_classes(task: str, step: int) -> tuple[list[int], list[int], list[int
 
 
 @torch.no_grad()
-def predict(model: nn.Module, dataset, device: torch.device, batch_size: int = 1,
-            progress: bool = True) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
+def predict(
+    model: nn.Module, dataset, device: torch.device, batch_size: int = 1, progress: bool = True
+) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
     """Yield ``(id, prediction, target)`` per image: uint8 (H, W) argmax class map at label
     resolution and the (H, W) int64 target, for a dataset yielding :class:`EvalTransform` samples."""
     model.eval()
@@ -58,8 +59,15 @@ def predict(model: nn.Module, dataset, device: torch.device, batch_size: int = 1
             yield image_id, labels[i, :height, :width], batch["gt"][i, :height, :width].numpy()
 
 
-def evaluate_model(model: nn.Module, dataset, num_classes: int, device: torch.device, batch_size: int = 1,
-                   pred_dir: Path | None = None, progress: bool = True) -> np.ndarray:
+def evaluate_model(
+    model: nn.Module,
+    dataset,
+    num_classes: int,
+    device: torch.device,
+    batch_size: int = 1,
+    pred_dir: Path | None = None,
+    progress: bool = True,
+) -> np.ndarray:
     """Confusion matrix (num_classes, num_classes) int64 of ``model`` on ``dataset``; optionally
     saves each prediction as ``pred_dir/<id>.png`` (mode P, VOC palette)."""
     confusion = ConfusionMatrix(num_classes)
@@ -84,7 +92,3 @@ def make_validator(data_index: str | Path, task: str, step: int, device: torch.d
         return {"val_miou": summarize(conf, seen, old, new)["miou_all"]}
 
     return validate
-
-
-
-

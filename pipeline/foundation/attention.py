@@ -54,8 +54,10 @@ def _download_hint(kind: str, model_name: str) -> str:
     arch = model_name.split(".")[0]
     url = CHECKPOINT_URLS.get(kind, {}).get(arch)
     where = f"download {url}" if url else f"download the official {kind} checkpoint of {arch}"
-    return (f"{where} (a {kind} ViT checkpoint for timm's {arch}), set coseg.ssl.checkpoint to the "
-            "local file, or set coseg.ssl.pretrained: none (random init, for tests)")
+    return (
+        f"{where} (a {kind} ViT checkpoint for timm's {arch}), set coseg.ssl.checkpoint to the "
+        "local file, or set coseg.ssl.pretrained: none (random init, for tests)"
+    )
 
 
 def _checkpoint_state_dict(obj: object, path: Path) -> dict[str, Tensor]:
@@ -66,8 +68,9 @@ def _checkpoint_state_dict(obj: object, path: Path) -> dict[str, Tensor]:
                 obj = obj[key]
                 break
     if not isinstance(obj, Mapping) or not all(isinstance(v, Tensor) for v in obj.values()):
-        raise ValueError(f"{path}: not a ViT state dict (expected tensors, possibly under "
-                         "'state_dict' / 'teacher' / 'model')")
+        raise ValueError(
+            f"{path}: not a ViT state dict (expected tensors, possibly under 'state_dict' / 'teacher' / 'model')"
+        )
     out = {}
     for key, value in obj.items():
         for prefix in _PREFIXES:
@@ -104,14 +107,17 @@ def load_ssl_checkpoint(model: nn.Module, path: str | Path) -> None:
     try:
         loaded = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:  # full training checkpoints also pickle their args
-        raise ValueError(f"{path}: holds more than tensors ({error}); use the backbone file "
-                         "(iBOT: checkpoint_teacher.pth, or extract_backbone_weights.py)") from error
+        raise ValueError(
+            f"{path}: holds more than tensors ({error}); use the backbone file "
+            "(iBOT: checkpoint_teacher.pth, or extract_backbone_weights.py)"
+        ) from error
     state = _checkpoint_state_dict(loaded, path)
     own = model.state_dict()
     if "pos_embed" in state and state["pos_embed"].shape != own["pos_embed"].shape:
         prefix = 0 if getattr(model, "no_embed_class", False) else model.num_prefix_tokens
         state["pos_embed"] = resample_abs_pos_embed(
-            state["pos_embed"], new_size=model.patch_embed.grid_size, num_prefix_tokens=prefix)
+            state["pos_embed"], new_size=model.patch_embed.grid_size, num_prefix_tokens=prefix
+        )
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
     wrong = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
@@ -120,14 +126,19 @@ def load_ssl_checkpoint(model: nn.Module, path: str | Path) -> None:
             f"{path}: does not fit timm's {type(model).__name__} "
             f"({len(missing)} missing, e.g. {missing[:4]}; shape mismatch: "
             f"{[(k, tuple(state[k].shape), tuple(own[k].shape)) for k in wrong[:4]]}); "
-            "is coseg.ssl.model the checkpoint's architecture?")
+            "is coseg.ssl.model the checkpoint's architecture?"
+        )
     if unexpected:
         log.info("%s: ignoring %d tensors not in the ViT: %s", path, len(unexpected), unexpected[:8])
     model.load_state_dict({k: state[k] for k in own})
 
 
-def load_ssl(model_name: str = "vit_large_patch16_224", pretrained: str = "ibot",
-             checkpoint: str | Path | None = None, device: torch.device | str = "cpu") -> nn.Module:
+def load_ssl(
+    model_name: str = "vit_large_patch16_224",
+    pretrained: str = "ibot",
+    checkpoint: str | Path | None = None,
+    device: torch.device | str = "cpu",
+) -> nn.Module:
     """Build the self-supervised ViT of Eq. 4 (timm, ``dynamic_img_size=True``, no head), frozen.
 
     Args:
@@ -150,21 +161,26 @@ def load_ssl(model_name: str = "vit_large_patch16_224", pretrained: str = "ibot"
         raise ValueError(f"coseg.ssl.pretrained: {pretrained!r} is not one of ['ibot', 'dino', 'timm', 'none']")
     if pretrained in ("ibot", "dino") and (not checkpoint or not Path(checkpoint).is_file()):
         given = f"{checkpoint} does not exist" if checkpoint else "no coseg.ssl.checkpoint given"
-        raise FileNotFoundError(f"coseg.ssl.pretrained={pretrained} needs a local checkpoint ({given}): "
-                                + _download_hint(pretrained, model_name))
+        raise FileNotFoundError(
+            f"coseg.ssl.pretrained={pretrained} needs a local checkpoint ({given}): "
+            + _download_hint(pretrained, model_name)
+        )
     try:
-        model = timm.create_model(model_name, pretrained=pretrained == "timm", num_classes=0,
-                                  dynamic_img_size=True)
+        model = timm.create_model(model_name, pretrained=pretrained == "timm", num_classes=0, dynamic_img_size=True)
     except (RuntimeError, OSError, ValueError) as error:
-        raise RuntimeError(f"coseg.ssl.model: timm cannot build {model_name!r} with pretrained="
-                           f"{pretrained!r} ({error}); tagged weights download on first use (needs "
-                           "network once), or use pretrained: ibot/dino with a local checkpoint") from error
+        raise RuntimeError(
+            f"coseg.ssl.model: timm cannot build {model_name!r} with pretrained="
+            f"{pretrained!r} ({error}); tagged weights download on first use (needs "
+            "network once), or use pretrained: ibot/dino with a local checkpoint"
+        ) from error
     if pretrained in ("ibot", "dino"):
         load_ssl_checkpoint(model, checkpoint)
     blocks = getattr(model, "blocks", None)
     if not blocks or not hasattr(blocks[-1], "attn") or not hasattr(blocks[-1].attn, "qkv"):
-        raise ValueError(f"coseg.ssl.model {model_name!r}: expected a timm ViT whose last block has "
-                         "an Attention with a fused qkv projection")
+        raise ValueError(
+            f"coseg.ssl.model {model_name!r}: expected a timm ViT whose last block has "
+            "an Attention with a fused qkv projection"
+        )
     return model.to(device).eval().requires_grad_(False)
 
 
@@ -237,18 +253,18 @@ def seed_attention(model: nn.Module, images: Tensor, seeds: Tensor) -> Tensor:
     if seeds.ndim != 4 or seeds.shape[0] != batch or seeds.shape[-1] != 2:
         raise ValueError(f"seed_attention: seeds {tuple(seeds.shape)}; expected ({batch}, K, N, 2)")
     _, n_classes, n_seeds, _ = seeds.shape
-    valid = (seeds >= 0).all(-1)                                          # (B, K, N)
+    valid = (seeds >= 0).all(-1)  # (B, K, N)
     rows, cols = seeds[..., 0], seeds[..., 1]
     if bool(((rows >= h) | (cols >= w))[valid].any()):
         raise ValueError(f"seed_attention: a seed lies outside the {h}x{w} patch grid")
     prefix = q.shape[2] - h * w
     token = torch.where(valid, prefix + rows * w + cols, torch.zeros_like(rows)).reshape(batch, -1)
     q_rows = torch.gather(q, 2, token[:, None, :, None].expand(batch, heads, token.shape[1], dim))
-    with torch.autocast(device_type=q.device.type, enabled=False):        # float32 under AMP too
-        logits = (q_rows.float() * scale) @ k.float().transpose(-2, -1)   # (B, n, K*N, L)
-        attention = logits.softmax(dim=-1)[..., prefix:].mean(dim=1)      # (B, K*N, h*w)
+    with torch.autocast(device_type=q.device.type, enabled=False):  # float32 under AMP too
+        logits = (q_rows.float() * scale) @ k.float().transpose(-2, -1)  # (B, n, K*N, L)
+        attention = logits.softmax(dim=-1)[..., prefix:].mean(dim=1)  # (B, K*N, h*w)
     attention = attention.reshape(batch, n_classes, n_seeds, h * w) * valid[..., None]
-    count = valid.sum(-1, keepdim=True).clamp(min=1)                      # (B, K, 1)
+    count = valid.sum(-1, keepdim=True).clamp(min=1)  # (B, K, 1)
     return (attention.sum(2) / count).reshape(batch, n_classes, h, w)
 
 
@@ -285,6 +301,12 @@ def sample_seeds(foreground: np.ndarray, n: int, rng: np.random.Generator) -> np
 
 
 __all__ = [
-    "CHECKPOINT_URLS", "last_block_qk", "load_ssl", "load_ssl_checkpoint", "sample_seeds",
-    "seed_attention", "seed_rng", "ssl_mean_std",
+    "CHECKPOINT_URLS",
+    "last_block_qk",
+    "load_ssl",
+    "load_ssl_checkpoint",
+    "sample_seeds",
+    "seed_attention",
+    "seed_rng",
+    "ssl_mean_std",
 ]

@@ -67,8 +67,9 @@ VARIANTS = ("initial", "seeds", "fused")
 # Inputs
 
 
-def step_inputs(split: Mapping, index: Mapping, split_path: str = "split", data_path: str = "data"
-                ) -> tuple[list[str], dict[str, list[int]], list[int]]:
+def step_inputs(
+    split: Mapping, index: Mapping, split_path: str = "split", data_path: str = "data"
+) -> tuple[list[str], dict[str, list[int]], list[int]]:
     """The step's ids, each id's labelled *new* classes, and the new classes.
 
     Raises:
@@ -96,8 +97,10 @@ def resized_shape(height: int, width: int, input_size: int, multiple: int) -> tu
     """(h, w) an image is fed at: long side ``input_size``, each side rounded to a multiple of
     ``multiple`` (the patch size; at least one patch)."""
     scale = input_size / max(height, width)
-    return (max(multiple, round(height * scale / multiple) * multiple),
-            max(multiple, round(width * scale / multiple) * multiple))
+    return (
+        max(multiple, round(height * scale / multiple) * multiple),
+        max(multiple, round(width * scale / multiple) * multiple),
+    )
 
 
 def bucket_batches(ids: Sequence[str], shapes: Mapping[str, tuple[int, int]], batch_size: int) -> list[list[str]]:
@@ -106,7 +109,7 @@ def bucket_batches(ids: Sequence[str], shapes: Mapping[str, tuple[int, int]], ba
     buckets: dict[tuple[int, int], list[str]] = {}
     for image_id in ids:
         buckets.setdefault(tuple(shapes[image_id]), []).append(image_id)
-    return [bucket[i:i + batch_size] for bucket in buckets.values() for i in range(0, len(bucket), batch_size)]
+    return [bucket[i : i + batch_size] for bucket in buckets.values() for i in range(0, len(bucket), batch_size)]
 
 
 class ResizedImages(Dataset):
@@ -160,8 +163,9 @@ class CosegModels:
         self.ssl = load_ssl(ssl["model"], ssl["pretrained"], ssl["checkpoint"], device)
         self.text = text_embeddings(self.clip, tokenizer, self.classes, cfg["clip"]["templates"], device)
         self.clip_norm = [torch.tensor(v, device=device).view(1, 3, 1, 1) for v in clip_mean_std(self.clip)]
-        self.ssl_norm = [torch.tensor(v, device=device).view(1, 3, 1, 1)
-                         for v in ssl_mean_std(self.ssl, ssl["pretrained"])]
+        self.ssl_norm = [
+            torch.tensor(v, device=device).view(1, 3, 1, 1) for v in ssl_mean_std(self.ssl, ssl["pretrained"])
+        ]
         self.ssl_patch = tuple(self.ssl.patch_embed.patch_size)
         #: input sides are multiples of both models' patch sizes
         self.multiple = math.lcm(*self.clip.visual.patch_size, *self.ssl_patch)
@@ -192,9 +196,12 @@ class CosegModels:
         per_image = []
         for b, (image_id, classes) in enumerate(zip(ids, labels)):
             rows = [self.classes.index(c) for c in classes]
-            clip = scores[b, rows].float()                                   # (K, hc, wc)
-            on_grid = clip if tuple(clip.shape[-2:]) == grid else F.interpolate(
-                clip[None], size=grid, mode="bilinear", align_corners=False)[0]
+            clip = scores[b, rows].float()  # (K, hc, wc)
+            on_grid = (
+                clip
+                if tuple(clip.shape[-2:]) == grid
+                else F.interpolate(clip[None], size=grid, mode="bilinear", align_corners=False)[0]
+            )
             foreground = seed_foreground(on_grid.cpu().numpy(), cfg["seed_threshold"])
             rng = seed_rng(cfg["seed"], image_id)
             for k in range(len(classes)):
@@ -202,8 +209,9 @@ class CosegModels:
             per_image.append(clip.cpu().numpy())
         if k_max:
             with torch.autocast(**amp):
-                attention = seed_attention(self.ssl, (images - self.ssl_norm[0]) / self.ssl_norm[1],
-                                           torch.from_numpy(seeds))
+                attention = seed_attention(
+                    self.ssl, (images - self.ssl_norm[0]) / self.ssl_norm[1], torch.from_numpy(seeds)
+                )
             attention = attention.float().cpu().numpy()
         out = []
         for b, classes in enumerate(labels):
@@ -211,8 +219,14 @@ class CosegModels:
             maps = attention[b, :k] if k else np.zeros((0, *grid), np.float32)
             peak = maps.reshape(k, -1).max(axis=1).reshape(k, 1, 1) if k else np.ones((0, 1, 1))
             maps = np.divide(maps, peak, out=np.zeros_like(maps), where=peak > 0)
-            out.append({"classes": np.asarray(classes, dtype=np.int32), "clip": per_image[b],
-                        "attention": maps, "seeds": seeds[b, :k].astype(np.int16)})
+            out.append(
+                {
+                    "classes": np.asarray(classes, dtype=np.int32),
+                    "clip": per_image[b],
+                    "attention": maps,
+                    "seeds": seeds[b, :k].astype(np.int16),
+                }
+            )
         return out
 
 
@@ -227,18 +241,32 @@ def oracle_arrays(mask: np.ndarray, classes: Sequence[int], cfg: Mapping, image_
     """
     masks = (mask[None] == np.asarray(classes, dtype=np.int64).reshape(-1, 1, 1)).astype(np.float32)
     rng = seed_rng(cfg["seed"], image_id)
-    seeds = np.stack([sample_seeds(m > 0.5, cfg["n_seeds"], rng) for m in masks]) if len(classes) \
+    seeds = (
+        np.stack([sample_seeds(m > 0.5, cfg["n_seeds"], rng) for m in masks])
+        if len(classes)
         else np.zeros((0, cfg["n_seeds"], 2), np.int64)
-    return {"classes": np.asarray(classes, dtype=np.int32), "clip": masks, "attention": masks,
-            "seeds": seeds.astype(np.int16)}
+    )
+    return {
+        "classes": np.asarray(classes, dtype=np.int32),
+        "clip": masks,
+        "attention": masks,
+        "seeds": seeds.astype(np.int16),
+    }
 
 
 # --------------------------------------------------------------------------------------------
 # The stage
 
 
-def compute_cache(out: str | Path, cfg: Mapping, split: Mapping, index: Mapping, device: torch.device,
-                  workers: int = 0, progress: bool = True) -> Path:
+def compute_cache(
+    out: str | Path,
+    cfg: Mapping,
+    split: Mapping,
+    index: Mapping,
+    device: torch.device,
+    workers: int = 0,
+    progress: bool = True,
+) -> Path:
     """Write (or resume) the coseg cache of a step; returns its path (module docstring).
 
     Raises:
@@ -249,16 +277,25 @@ def compute_cache(out: str | Path, cfg: Mapping, split: Mapping, index: Mapping,
     provenance = expected_provenance(cfg)
     with CacheWriter(out, provenance) as writer:
         todo = [i for i in ids if i not in writer.done]
-        log.info("coseg %s: %d images (%d already cached), new classes %s, source %s", out, len(ids),
-                 len(ids) - len(todo), new_classes, cfg["source"])
+        log.info(
+            "coseg %s: %d images (%d already cached), new classes %s, source %s",
+            out,
+            len(ids),
+            len(ids) - len(todo),
+            new_classes,
+            cfg["source"],
+        )
         bar = tqdm(total=len(todo), desc="coseg", unit="img", disable=not progress, mininterval=1.0)
         with bar:
             if cfg["source"] == "oracle":
                 mask_dir = Path(index["mask_dir"])
                 for image_id in todo:
                     mask = load_mask(mask_dir / f"{image_id}.png", image_id=image_id)
-                    writer.put(image_id, oracle_arrays(mask, labels[image_id], cfg, image_id),
-                               {"size": list(mask.shape), "input_shape": list(mask.shape)})
+                    writer.put(
+                        image_id,
+                        oracle_arrays(mask, labels[image_id], cfg, image_id),
+                        {"size": list(mask.shape), "input_shape": list(mask.shape)},
+                    )
                     bar.update()
             elif todo:
                 models = CosegModels(cfg, new_classes, device)
@@ -267,24 +304,41 @@ def compute_cache(out: str | Path, cfg: Mapping, split: Mapping, index: Mapping,
                 batches = bucket_batches(todo, shapes, cfg["batch_size"])
                 dataset = ResizedImages(index["root"], shapes)
                 position = {image_id: n for n, image_id in enumerate(dataset.ids)}
-                loader = DataLoader(dataset, batch_sampler=[[position[i] for i in b] for b in batches],
-                                    collate_fn=_collate, num_workers=workers,
-                                    pin_memory=device.type == "cuda")
+                loader = DataLoader(
+                    dataset,
+                    batch_sampler=[[position[i] for i in b] for b in batches],
+                    collate_fn=_collate,
+                    num_workers=workers,
+                    pin_memory=device.type == "cuda",
+                )
                 for batch in loader:
                     results = models(batch["image"], batch["id"], [labels[i] for i in batch["id"]])
                     for image_id, arrays in zip(batch["id"], results):
-                        writer.put(image_id, arrays, {"size": list(sizes[image_id]),
-                                                      "input_shape": list(shapes[image_id])})
+                        writer.put(
+                            image_id, arrays, {"size": list(sizes[image_id]), "input_shape": list(shapes[image_id])}
+                        )
                     bar.update(len(batch["id"]))
-        path = writer.finish({"task": str(split.get("task")), "protocol": str(split.get("protocol")),
-                              "step": int(split.get("step", -1)), "n_images": len(ids),
-                              "new_classes": list(new_classes)})
+        path = writer.finish(
+            {
+                "task": str(split.get("task")),
+                "protocol": str(split.get("protocol")),
+                "step": int(split.get("step", -1)),
+                "n_images": len(ids),
+                "new_classes": list(new_classes),
+            }
+        )
     log.info("wrote %s", path)
     return path
 
 
-def measure_quality(cache: CacheReader, ids: Sequence[str], mask_dir: str | Path, new_classes: Sequence[int],
-                    cfg: Mapping, progress: bool = True) -> dict:
+def measure_quality(
+    cache: CacheReader,
+    ids: Sequence[str],
+    mask_dir: str | Path,
+    new_classes: Sequence[int],
+    cfg: Mapping,
+    progress: bool = True,
+) -> dict:
     """Quality of the initial, seed and fused masks read from ``cache`` (``cfg``'s read-time keys).
 
     Returns:
@@ -303,8 +357,9 @@ def measure_quality(cache: CacheReader, ids: Sequence[str], mask_dir: str | Path
     return {variant: quality[variant].result() for variant in VARIANTS}
 
 
-def figure_rows(cache: CacheReader, ids: Sequence[str], index: Mapping, new_classes: Sequence[int],
-                cfg: Mapping) -> list[dict]:
+def figure_rows(
+    cache: CacheReader, ids: Sequence[str], index: Mapping, new_classes: Sequence[int], cfg: Mapping
+) -> list[dict]:
     """The panels of :func:`pipeline.foundation.figure.coseg_figure` for ``ids`` (ground truth of
     classes other than ``new_classes`` shown as background, as it is measured)."""
     rows = []
@@ -322,15 +377,27 @@ def figure_rows(cache: CacheReader, ids: Sequence[str], index: Mapping, new_clas
             points = np.asarray(arrays["seeds"][0], dtype=float)
             points = points[(points >= 0).all(axis=1)]
             seeds = (points + 0.5) * np.array([size[0] / grid[0], size[1] / grid[1]])
-        rows.append({"id": image_id, "image": image, "classes": maps["classes"], "gt": gt,
-                     "initial": labelled["initial"], "fused": labelled["fused"], "seeds": seeds,
-                     "attention": maps["attention"][0] if maps["classes"] else None})
+        rows.append(
+            {
+                "id": image_id,
+                "image": image,
+                "classes": maps["classes"],
+                "gt": gt,
+                "initial": labelled["initial"],
+                "fused": labelled["fused"],
+                "seeds": seeds,
+                "attention": maps["attention"][0] if maps["classes"] else None,
+            }
+        )
     return rows
 
 
-
-
-
-
-__all__ = ["CosegModels", "bucket_batches", "compute_cache", "measure_quality", "oracle_arrays",
-           "resized_shape", "step_inputs"]
+__all__ = [
+    "CosegModels",
+    "bucket_batches",
+    "compute_cache",
+    "measure_quality",
+    "oracle_arrays",
+    "resized_shape",
+    "step_inputs",
+]

@@ -43,7 +43,6 @@ Config section ``coseg`` (every key; defaults are the paper's where it gives one
 
 from __future__ import annotations
 
-import copy
 import functools
 import os
 from collections.abc import Mapping, Sequence
@@ -54,6 +53,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from pipeline.config import validated_section
+from pipeline.foundation.settings import READ_KEYS, READ_TIME_KEYS
 from pipeline.io import file_sha256 as io_file_sha256
 
 SOURCES = ("clip", "oracle")
@@ -62,40 +63,6 @@ TOP_K_RULES = ("quantile", "locations", "mass")
 TEMPLATE_SETS = ("openai", "simple", "photo")
 SSL_PRETRAINED = ("ibot", "dino", "timm", "none")
 
-DEFAULTS: dict[str, Any] = {
-    "source": "clip",
-    "clip": {"model": "ViT-B-16", "pretrained": "openai", "templates": "openai"},
-    "ssl": {"model": "vit_large_patch16_224", "pretrained": "ibot", "checkpoint": None},
-    "input_size": 448,
-    "n_seeds": 9,
-    "seed": 0,
-    "seed_threshold": 0.5,
-    "clip_threshold": 0.5,
-    "top_k": 0.7,
-    "top_k_rule": "quantile",
-    "fusion": "union",
-    "batch_size": 8,
-}
-
-#: Keys applied when the cache is read: never part of the provenance.
-READ_TIME_KEYS = ("clip_threshold", "top_k", "top_k_rule", "fusion")
-#: Alias used by the Snakemake rules (rules/common.smk: the keys left out of the coseg job's params).
-READ_KEYS = READ_TIME_KEYS
-
-
-def _merge(defaults: Mapping, given: Mapping, where: str) -> dict:
-    out = copy.deepcopy(dict(defaults))
-    for key, value in given.items():
-        if key not in defaults:
-            raise ValueError(f"{where}.{key}: unknown key; expected one of {sorted(defaults)}")
-        if isinstance(defaults[key], dict):
-            if not isinstance(value, Mapping):
-                raise ValueError(f"{where}.{key}: expected a mapping, got {value!r}")
-            out[key] = _merge(defaults[key], value, f"{where}.{key}")
-        else:
-            out[key] = value
-    return out
-
 
 def _check_choice(value: Any, choices: Sequence[str], key: str) -> None:
     if value not in choices:
@@ -103,8 +70,11 @@ def _check_choice(value: Any, choices: Sequence[str], key: str) -> None:
 
 
 def _check_fraction(value: Any, key: str, closed: bool = False) -> None:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and (
-        0.0 <= value <= 1.0 if closed else 0.0 < value < 1.0)
+    ok = (
+        isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and (0.0 <= value <= 1.0 if closed else 0.0 < value < 1.0)
+    )
     if not ok:
         interval = "[0, 1]" if closed else "(0, 1)"
         raise ValueError(f"coseg.{key}: expected a number in {interval}, got {value!r}")
@@ -116,11 +86,12 @@ def resolve_config(params: Mapping | None) -> dict:
     Args:
         params: the section as given (may be partial or None); nested ``clip`` / ``ssl`` mappings.
     Returns:
-        A new dict with all keys of :data:`DEFAULTS`.
+        A new dict with every key of config.yaml's ``coseg`` (the one source of the defaults,
+        :func:`pipeline.config.validated_section`).
     Raises:
         ValueError: an unknown key or a bad value (the message names ``coseg.<key>`` and the value).
     """
-    cfg = _merge(DEFAULTS, params or {}, "coseg")
+    cfg = validated_section("coseg", params)
     _check_choice(cfg["source"], SOURCES, "source")
     _check_choice(cfg["fusion"], FUSIONS, "fusion")
     _check_choice(cfg["top_k_rule"], TOP_K_RULES, "top_k_rule")
@@ -206,15 +177,17 @@ def expected_provenance(cfg: Mapping) -> dict:
     ssl_weights = None
     if ssl["pretrained"] in ("ibot", "dino") and ssl["checkpoint"]:
         ssl_weights = file_sha256(ssl["checkpoint"], "ssl.checkpoint")
-    provenance.update({
-        "clip_model": clip["model"],
-        "clip_pretrained": clip_weights,
-        "clip_templates": clip["templates"],
-        "ssl_model": ssl["model"],
-        "ssl_pretrained": ssl["pretrained"],
-        "ssl_checkpoint": ssl_weights,
-        "input_size": cfg["input_size"],
-    })
+    provenance.update(
+        {
+            "clip_model": clip["model"],
+            "clip_pretrained": clip_weights,
+            "clip_templates": clip["templates"],
+            "ssl_model": ssl["model"],
+            "ssl_pretrained": ssl["pretrained"],
+            "ssl_checkpoint": ssl_weights,
+            "input_size": cfg["input_size"],
+        }
+    )
     return provenance
 
 
@@ -331,8 +304,7 @@ def binarize_top_k(attention: np.ndarray, k: float = 0.7, rule: str = "quantile"
         order = np.argsort(flat, axis=1, kind="stable")
         values = np.take_along_axis(flat, order, axis=1)
         total = values.sum(axis=1, keepdims=True)
-        cumulative = np.divide(np.cumsum(values, axis=1), total, out=np.zeros_like(values),
-                               where=total > 0)
+        cumulative = np.divide(np.cumsum(values, axis=1), total, out=np.zeros_like(values), where=total > 0)
         sorted_keep = (cumulative > 1.0 - k) & (total > 0)
         keep = np.zeros_like(sorted_keep)
         np.put_along_axis(keep, order, sorted_keep, axis=1)
@@ -386,7 +358,8 @@ def upsample(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 def _read_cfg(cfg: Mapping | None) -> dict:
     cfg = dict(cfg or {})
-    out = {key: cfg.get(key, DEFAULTS[key]) for key in READ_TIME_KEYS}
+    defaults = validated_section("coseg")
+    out = {key: cfg.get(key, defaults[key]) for key in READ_TIME_KEYS}
     _check_choice(out["fusion"], FUSIONS, "fusion")
     _check_choice(out["top_k_rule"], TOP_K_RULES, "top_k_rule")
     _check_fraction(out["top_k"], "top_k")
@@ -401,8 +374,10 @@ def _arrays(arrays: Mapping[str, np.ndarray]) -> tuple[list[int], np.ndarray, np
     classes = [int(c) for c in np.asarray(arrays["classes"]).reshape(-1)]
     clip, attention = np.asarray(arrays["clip"]), np.asarray(arrays["attention"])
     if clip.shape[0] != len(classes) or attention.shape[0] != len(classes):
-        raise ValueError(f"coseg cache entry: {len(classes)} classes but clip {clip.shape} and "
-                         f"attention {attention.shape}; expected (K, h, w) with K = {len(classes)}")
+        raise ValueError(
+            f"coseg cache entry: {len(classes)} classes but clip {clip.shape} and "
+            f"attention {attention.shape}; expected (K, h, w) with K = {len(classes)}"
+        )
     return classes, clip, attention
 
 
@@ -437,8 +412,9 @@ def coseg_maps(arrays: Mapping[str, np.ndarray], cfg: Mapping | None, size: tupl
     }
 
 
-def coseg_masks(arrays: Mapping[str, np.ndarray], cfg: Mapping | None,
-                size: tuple[int, int]) -> tuple[list[int], np.ndarray]:
+def coseg_masks(
+    arrays: Mapping[str, np.ndarray], cfg: Mapping | None, size: tuple[int, int]
+) -> tuple[list[int], np.ndarray]:
     """The refined masks ``M_refine`` (FMWISS Eq. 5) of one cached image at image resolution.
 
     Args:
@@ -486,8 +462,9 @@ def label_map(classes: Sequence[int], masks: np.ndarray, scores: np.ndarray | No
     return np.where(masks.any(axis=0), lut[winner], 0).astype(np.uint8)
 
 
-def coseg_label_maps(arrays: Mapping[str, np.ndarray], cfg: Mapping | None,
-                     size: tuple[int, int]) -> dict[str, np.ndarray]:
+def coseg_label_maps(
+    arrays: Mapping[str, np.ndarray], cfg: Mapping | None, size: tuple[int, int]
+) -> dict[str, np.ndarray]:
     """(H, W) uint8 label maps of the ``initial``, ``seeds`` and ``fused`` masks of one image.
 
     Overlaps between classes go to the higher normalised CLIP score (``seeds``: the higher seed
@@ -503,7 +480,19 @@ def coseg_label_maps(arrays: Mapping[str, np.ndarray], cfg: Mapping | None,
 
 
 __all__ = [
-    "DEFAULTS", "READ_KEYS", "READ_TIME_KEYS", "binarize_initial_mask", "binarize_top_k", "coseg_label_maps",
-    "coseg_maps", "coseg_masks", "expected_provenance", "file_sha256", "fuse_masks", "label_map",
-    "normalize_scores", "resolve_config", "seed_foreground", "upsample",
+    "READ_KEYS",
+    "READ_TIME_KEYS",
+    "binarize_initial_mask",
+    "binarize_top_k",
+    "coseg_label_maps",
+    "coseg_maps",
+    "coseg_masks",
+    "expected_provenance",
+    "file_sha256",
+    "fuse_masks",
+    "label_map",
+    "normalize_scores",
+    "resolve_config",
+    "seed_foreground",
+    "upsample",
 ]

@@ -10,8 +10,13 @@ import numpy as np
 from pipeline.data.classes import class_name, colourise
 from pipeline.io import atomic_path
 
-COLUMNS = ("image", "initial mask (M_init)", "seed attention (M_seeds, pre-binary)", "fused (M_refine)",
-           "ground truth (new classes)")
+COLUMNS = (
+    "image",
+    "initial mask (M_init)",
+    "seed attention (M_seeds, pre-binary)",
+    "fused (M_refine)",
+    "ground truth (new classes)",
+)
 
 
 def coseg_figure(path: str | os.PathLike, rows: Sequence[dict], title: str = "") -> None:
@@ -34,12 +39,10 @@ def coseg_figure(path: str | os.PathLike, rows: Sequence[dict], title: str = "")
 
     if not rows:
         raise ValueError(f"{path}: no image to show")
-    fig, axes = plt.subplots(len(rows), len(COLUMNS), figsize=(3.0 * len(COLUMNS), 3.0 * len(rows)),
-                             squeeze=False)
+    fig, axes = plt.subplots(len(rows), len(COLUMNS), figsize=(3.0 * len(COLUMNS), 3.0 * len(rows)), squeeze=False)
     for r, row in enumerate(rows):
         names = ", ".join(class_name(c) for c in row["classes"])
-        panels = (row["image"], colourise(row["initial"]), row["image"], colourise(row["fused"]),
-                  colourise(row["gt"]))
+        panels = (row["image"], colourise(row["initial"]), row["image"], colourise(row["fused"]), colourise(row["gt"]))
         for c, (ax, panel) in enumerate(zip(axes[r], panels)):
             ax.imshow(panel)
             ax.set_xticks([])

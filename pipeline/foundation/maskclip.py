@@ -26,8 +26,7 @@ log = logging.getLogger(__name__)
 
 #: VOC class names in CLIP's wording (CLIP repo, ``data/prompts.md``, PASCAL VOC 2007), by index.
 CLIP_CLASS_NAMES: dict[int, str] = {
-    index: {"diningtable": "dining table", "pottedplant": "potted plant",
-            "tvmonitor": "tv monitor"}.get(name, name)
+    index: {"diningtable": "dining table", "pottedplant": "potted plant", "tvmonitor": "tv monitor"}.get(name, name)
     for index, name in enumerate(VOC_CLASSES)
 }
 
@@ -55,8 +54,9 @@ def prompt_templates(name: str) -> tuple:
     raise ValueError(f"coseg.clip.templates: {name!r} is not one of ['openai', 'simple', 'photo']")
 
 
-def load_clip(model_name: str = "ViT-B-16", pretrained: str = "openai",
-              device: torch.device | str = "cpu") -> tuple[nn.Module, object]:
+def load_clip(
+    model_name: str = "ViT-B-16", pretrained: str = "openai", device: torch.device | str = "cpu"
+) -> tuple[nn.Module, object]:
     """Build an open_clip model and its tokenizer, in eval mode with frozen weights.
 
     Args:
@@ -80,14 +80,14 @@ def load_clip(model_name: str = "ViT-B-16", pretrained: str = "openai",
     # use unless told (it only warns): follow the tag's own setting.
     quick_gelu = bool(weights and get_pretrained_cfg(model_name, weights).get("quick_gelu", False))
     try:
-        model = open_clip.create_model(model_name, pretrained=weights, device=device,
-                                       force_quick_gelu=quick_gelu)
+        model = open_clip.create_model(model_name, pretrained=weights, device=device, force_quick_gelu=quick_gelu)
     except (RuntimeError, OSError, ValueError) as error:
         raise RuntimeError(
             f"coseg.clip: cannot build open_clip model {model_name!r} with pretrained={pretrained!r} "
             f"({error}). Tags download on first use (needs network once; then cached); offline, put "
             "the checkpoint file on disk and set coseg.clip.pretrained to its path, or use 'none' "
-            "(random init, for tests)") from error
+            "(random init, for tests)"
+        ) from error
     _check_vit(model.visual, model_name)
     model.eval().requires_grad_(False)
     return model, open_clip.get_tokenizer(model_name)
@@ -97,15 +97,21 @@ def _check_vit(visual: nn.Module, model_name: str) -> None:
     from open_clip.transformer import ResidualAttentionBlock, VisionTransformer
 
     if not isinstance(visual, VisionTransformer):
-        raise ValueError(f"coseg.clip.model {model_name!r}: image tower is {type(visual).__name__}; "
-                         "MaskCLIP's value path needs an open_clip VisionTransformer (ViT-*)")
+        raise ValueError(
+            f"coseg.clip.model {model_name!r}: image tower is {type(visual).__name__}; "
+            "MaskCLIP's value path needs an open_clip VisionTransformer (ViT-*)"
+        )
     block = visual.transformer.resblocks[-1]
     if not isinstance(block, ResidualAttentionBlock) or not isinstance(block.attn, nn.MultiheadAttention):
-        raise ValueError(f"coseg.clip.model {model_name!r}: last block is {type(block).__name__}; "
-                         "expected open_clip's ResidualAttentionBlock with nn.MultiheadAttention")
+        raise ValueError(
+            f"coseg.clip.model {model_name!r}: last block is {type(block).__name__}; "
+            "expected open_clip's ResidualAttentionBlock with nn.MultiheadAttention"
+        )
     if visual.attn_pool is not None or visual.final_ln_after_pool:
-        raise ValueError(f"coseg.clip.model {model_name!r}: attentional pooling / LN after pooling "
-                         "is not supported by the MaskCLIP path")
+        raise ValueError(
+            f"coseg.clip.model {model_name!r}: attentional pooling / LN after pooling "
+            "is not supported by the MaskCLIP path"
+        )
 
 
 def clip_mean_std(model: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -164,8 +170,8 @@ def maskclip_value_path(block: nn.Module, x: Tensor) -> Tensor:
     """
     attn: nn.MultiheadAttention = block.attn
     width = x.shape[-1]
-    w_v = attn.in_proj_weight[2 * width:]
-    b_v = attn.in_proj_bias[2 * width:] if attn.in_proj_bias is not None else None
+    w_v = attn.in_proj_weight[2 * width :]
+    b_v = attn.in_proj_bias[2 * width :] if attn.in_proj_bias is not None else None
     v = F.linear(block.ln_1(x), w_v, b_v)
     y = x + block.ls_1(attn.out_proj(v))
     return y + block.ls_2(block.mlp(block.ln_2(y)))
@@ -193,8 +199,8 @@ def maskclip_features(visual: nn.Module, images: Tensor) -> Tensor:
     if height % patch[0] or width % patch[1]:
         raise ValueError(f"maskclip_features: input {height}x{width} is not a multiple of the patch {patch}")
     grid = (height // patch[0], width // patch[1])
-    x = visual.conv1(images.to(visual.conv1.weight.dtype))           # (B, C, h, w)
-    x = x.flatten(2).transpose(1, 2)                                   # (B, h*w, C)
+    x = visual.conv1(images.to(visual.conv1.weight.dtype))  # (B, C, h, w)
+    x = x.flatten(2).transpose(1, 2)  # (B, h*w, C)
     cls = visual.class_embedding.to(x.dtype).expand(batch, 1, -1)
     x = torch.cat([cls, x], dim=1)
     x = x + interpolate_pos_embed(visual.positional_embedding, visual.grid_size, grid).to(x.dtype)
@@ -216,8 +222,9 @@ def maskclip_features(visual: nn.Module, images: Tensor) -> Tensor:
 
 
 @torch.no_grad()
-def text_embeddings(model: nn.Module, tokenizer, classes: Sequence[int], templates: str = "openai",
-                    device: torch.device | str = "cpu") -> Tensor:
+def text_embeddings(
+    model: nn.Module, tokenizer, classes: Sequence[int], templates: str = "openai", device: torch.device | str = "cpu"
+) -> Tensor:
     """Prompt-ensembled text embeddings ``T = |f_T(prompt(C_t))|_2`` (FMWISS Eq. 2).
 
     Each class name (:data:`CLIP_CLASS_NAMES`) is put in every template, encoded and normalised;
@@ -242,8 +249,9 @@ def text_embeddings(model: nn.Module, tokenizer, classes: Sequence[int], templat
     if not classes:
         return torch.zeros((0, model.visual.output_dim), device=device)
     names = [CLIP_CLASS_NAMES[c] for c in classes]
-    weights = build_zero_shot_classifier(model, tokenizer, names, prompt_templates(templates),
-                                         num_classes_per_batch=10, device=device)
+    weights = build_zero_shot_classifier(
+        model, tokenizer, names, prompt_templates(templates), num_classes_per_batch=10, device=device
+    )
     return weights.T.float().contiguous()
 
 
@@ -275,7 +283,14 @@ def dense_clip_scores(model: nn.Module, images: Tensor, text_embeddings: Tensor)
 
 
 __all__ = [
-    "CLIP_CLASS_NAMES", "clip_mean_std", "dense_clip_scores", "interpolate_pos_embed", "load_clip",
-    "maskclip_features", "maskclip_value_path", "pixel_text_scores", "prompt_templates",
+    "CLIP_CLASS_NAMES",
+    "clip_mean_std",
+    "dense_clip_scores",
+    "interpolate_pos_embed",
+    "load_clip",
+    "maskclip_features",
+    "maskclip_value_path",
+    "pixel_text_scores",
+    "prompt_templates",
     "text_embeddings",
 ]

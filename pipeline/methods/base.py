@@ -38,15 +38,16 @@ class StepContext:
     Attributes:
         task, step: e.g. "15-5", 1.
         old_model: the step t-1 segmenter, frozen, in eval mode, on the training device.
-        num_old: |Y^{t-1}|, background + classes learned before t = the first channels of the logits.
+        num_old_channels: |Y^{t-1}|, channels of the old model: background + the old classes (learned
+            before t); the first channels of the logits. (``old_classes`` excludes background.)
         new_classes: C^t, class indices (= channel indices) added at step t (the last channels).
-        num_classes: |Y^t| = num_old + len(new_classes).
+        num_classes: |Y^t| = num_old_channels + len(new_classes).
     """
 
     task: str
     step: int
     old_model: nn.Module
-    num_old: int
+    num_old_channels: int
     new_classes: list[int]
     num_classes: int
 
@@ -62,8 +63,8 @@ class StepContext:
         old_model.eval()
         for parameter in old_model.parameters():
             parameter.requires_grad_(False)
-        num_old = len(seen_classes(task, step - 1))
-        return cls(task, step, old_model, num_old, new_classes(task, step), len(seen_classes(task, step)))
+        num_old_channels = len(seen_classes(task, step - 1))
+        return cls(task, step, old_model, num_old_channels, new_classes(task, step), len(seen_classes(task, step)))
 
 
 @dataclass
@@ -119,8 +120,9 @@ class Method(Objective):
     head_lr_mult: float = 1.0
 
     @classmethod
-    def from_config(cls, cfg: dict[str, Any], context: StepContext | None, model: nn.Module | None,
-                    spec: MethodSpec) -> Method:
+    def from_config(
+        cls, cfg: dict[str, Any], context: StepContext | None, model: nn.Module | None, spec: MethodSpec
+    ) -> Method:
         """Build from the method's complete config section (``methods.<name>``, defaults from
         config.yaml, validated by the schema). Default: every key is a keyword of ``__init__``;
         ``relaxed`` (experiments.relaxed_labels) is dropped unless ``__init__`` takes it."""

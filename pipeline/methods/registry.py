@@ -97,8 +97,10 @@ def register_method(*names: str):
     def bind(cls: type) -> type:
         for name in names:
             if name not in _SPECS:
-                raise KeyError(f"@register_method({name!r}) on {cls.__qualname__}: no spec declared; "
-                               f"add it to the package's __init__.py with declare(MethodSpec({name!r}, ...))")
+                raise KeyError(
+                    f"@register_method({name!r}) on {cls.__qualname__}: no spec declared; "
+                    f"add it to the package's __init__.py with declare(MethodSpec({name!r}, ...))"
+                )
             _CLASSES[name] = cls
         return cls
 

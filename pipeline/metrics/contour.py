@@ -149,10 +149,11 @@ def boundary_counts(pred_mask: np.ndarray, gt_mask: np.ndarray, tolerance: float
         return np.array([0, n_pred, 0, n_gt], dtype=np.int64)
     # Work on the bounding box of all boundary pixels (exact: see _matched).
     rows, cols = np.nonzero(pred_b | gt_b)
-    box = np.s_[rows.min(): rows.max() + 1, cols.min(): cols.max() + 1]
+    box = np.s_[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
     pred_b, gt_b = pred_b[box], gt_b[box]
-    return np.array([_matched(pred_b, gt_b, tolerance), n_pred, _matched(gt_b, pred_b, tolerance), n_gt],
-                    dtype=np.int64)
+    return np.array(
+        [_matched(pred_b, gt_b, tolerance), n_pred, _matched(gt_b, pred_b, tolerance), n_gt], dtype=np.int64
+    )
 
 
 def f_from_counts(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -189,8 +190,13 @@ def _values(labels: np.ndarray) -> set[int]:
     return set(np.unique(labels).tolist())
 
 
-def class_boundary_counts(pred: np.ndarray, gt: np.ndarray, classes: Sequence[int],
-                          tolerance: int | float | None = None, void: str = "background") -> np.ndarray:
+def class_boundary_counts(
+    pred: np.ndarray,
+    gt: np.ndarray,
+    classes: Sequence[int],
+    tolerance: int | float | None = None,
+    void: str = "background",
+) -> np.ndarray:
     """Per-class boundary counts of one label map against its ground truth.
 
     Args:
@@ -248,8 +254,7 @@ class ContourFScore:
         void: ``"background"`` or ``"ignore"`` (module docstring).
     """
 
-    def __init__(self, classes: Iterable[int], tolerance: int | float | None = None,
-                 void: str = "background") -> None:
+    def __init__(self, classes: Iterable[int], tolerance: int | float | None = None, void: str = "background") -> None:
         self.classes = [int(c) for c in classes]
         if void not in VOID_MODES:
             raise ValueError(f"void must be one of {VOID_MODES}, got {void!r}")

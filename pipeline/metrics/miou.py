@@ -17,7 +17,11 @@ import torch
 from pipeline.data.classes import BACKGROUND, VOC_CLASSES, VOID
 
 _INTEGER_DTYPES = (
-    torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64,
+    torch.uint8,
+    torch.int8,
+    torch.int16,
+    torch.int32,
+    torch.int64,
 )
 
 
@@ -51,8 +55,7 @@ def _masked_confusion_matrix(
     bad_t = (target < 0) | (target >= c)
     if bool(bad_t.any()):
         raise ValueError(
-            f"target contains value {target[bad_t][0].item()} outside [0, {c}) "
-            f"that is not ignore_index={ignore_index}"
+            f"target contains value {target[bad_t][0].item()} outside [0, {c}) that is not ignore_index={ignore_index}"
         )
     bad_p = (pred < 0) | (pred >= c)
     if bool(bad_p.any()):
@@ -251,9 +254,7 @@ def summarize(
     iou = iou_per_class(conf)
     total = conf.sum()
     return {
-        "per_class_iou": {
-            str(name): (None if np.isnan(v) else float(v)) for name, v in zip(class_names, iou)
-        },
+        "per_class_iou": {str(name): (None if np.isnan(v) else float(v)) for name, v in zip(class_names, iou)},
         "miou_old": _mean_or_none(iou, old),
         "miou_new": _mean_or_none(iou, new),
         "miou_all": _mean_or_none(iou, all_classes),

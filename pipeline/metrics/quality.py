@@ -61,8 +61,13 @@ class MaskQuality:
         quality.result()   # {"miou", "per_class_iou", "contour_f", "per_class_f", "n_images"}
     """
 
-    def __init__(self, classes: Iterable[int], tolerance: int | float | None = None,
-                 void: str = "background", class_names: Mapping[int, str] | None = None) -> None:
+    def __init__(
+        self,
+        classes: Iterable[int],
+        tolerance: int | float | None = None,
+        void: str = "background",
+        class_names: Mapping[int, str] | None = None,
+    ) -> None:
         objects = sorted({int(c) for c in classes} - {BACKGROUND})
         bad = [c for c in objects if not 0 < c < VOID]
         if bad:
@@ -102,8 +107,9 @@ class MaskQuality:
         counts = np.bincount(pred.ravel(), minlength=256)
         bad = np.flatnonzero((counts > 0) & ~self._pred_ok)
         if bad.size:
-            raise ValueError(f"{where}pred holds value {int(bad[0])}, not a measured class "
-                             f"{self.classes} nor 255 (unlabelled)")
+            raise ValueError(
+                f"{where}pred holds value {int(bad[0])}, not a measured class {self.classes} nor 255 (unlabelled)"
+            )
         gt = self._gt_lut[gt]
         # unlabelled predictions go to the extra column C: a false negative of the gt class
         self._confusion.update(np.where(pred == VOID, self.num_classes, pred).astype(np.int64), gt)

@@ -72,9 +72,14 @@ def ablation_tables(runs: Sequence[Run], variants: Mapping[str, Mapping]) -> lis
                 row += [format_cell([r.data[k] for r in runs_]) if runs_ else MISSING for k in METRIC_KEYS]
             rows.append(row)
         step = last[(dataset, task)]
-        tables.append({"title": f"Ablation of {method_label(base)}, {dataset} {task}, step {step}",
-                       "stem": f"ablation_{base}_{dataset}_{task}_step{step}".replace("-", "_"),
-                       "header": header, "rows": rows})
+        tables.append(
+            {
+                "title": f"Ablation of {method_label(base)}, {dataset} {task}, step {step}",
+                "stem": f"ablation_{base}_{dataset}_{task}_step{step}".replace("-", "_"),
+                "header": header,
+                "rows": rows,
+            }
+        )
     return tables
 
 

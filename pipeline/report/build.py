@@ -37,9 +37,11 @@ from pipeline.report.runs import Run, load_metrics, method_label, method_sort_ke
 from pipeline.report.tables import Table, build_tables, summary_order, table_csv, table_latex, table_markdown
 
 SUMMARY_INTRO: tuple[str, ...] = (
-    "# Results", "",
+    "# Results",
+    "",
     "Mean IoU (%) on the validation set; layout of WILSON Tables 1-2. "
-    "Per task: the final step first, then the intermediate steps, then the base step.", "",
+    "Per task: the final step first, then the intermediate steps, then the base step.",
+    "",
 )
 
 
@@ -111,8 +113,9 @@ def _step_figures(report: _Report, runs: Sequence[Run]) -> None:
     by_task: dict[tuple[str, str], list[Run]] = defaultdict(list)
     for run in runs:
         by_task[(str(run.data["dataset"]), str(run.data["task"]))].append(run)
-    multi_step = [(key, members) for key, members in sorted(by_task.items())
-                  if len({r.data["step"] for r in members}) > 1]
+    multi_step = [
+        (key, members) for key, members in sorted(by_task.items()) if len({r.data["step"] for r in members}) > 1
+    ]
     if multi_step:
         report.summary += ["## mIoU per step", ""]
     for (dataset, task), members in multi_step:
@@ -230,8 +233,10 @@ def build_report(
         report.summary.append("")
     _step_figures(report, runs)
     _learning_curve_figures(report, histories)
-    extra_tables = [("Ablations", ablation.ablation_tables(runs, variants or {})),
-                    ("Pseudo-label quality", pseudo_quality.quality_tables(quality))]
+    extra_tables = [
+        ("Ablations", ablation.ablation_tables(runs, variants or {})),
+        ("Pseudo-label quality", pseudo_quality.quality_tables(quality)),
+    ]
     for heading, tables in extra_tables:
         _write_extra_tables(report, heading, tables)
     _example_figures(report, examples)

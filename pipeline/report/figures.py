@@ -63,9 +63,16 @@ def plot_per_class(table: Table, path: Path) -> None:
             mean = np.nanmean(values, axis=0) if values.size else np.full(len(classes), np.nan)
             err = np.nanstd(values, axis=0, ddof=1) if len(runs) > 1 else None
         ax.bar(
-            x - 0.4 + width * (i + 0.5), np.nan_to_num(mean), width, yerr=err,
-            color=colors[i], hatch="//" if protocol.lower() == "overlap" else None,
-            edgecolor="black", linewidth=0.3, label=_series_label(row, protocol), capsize=1.5,
+            x - 0.4 + width * (i + 0.5),
+            np.nan_to_num(mean),
+            width,
+            yerr=err,
+            color=colors[i],
+            hatch="//" if protocol.lower() == "overlap" else None,
+            edgecolor="black",
+            linewidth=0.3,
+            label=_series_label(row, protocol),
+            capsize=1.5,
         )
     start = 0
     for k, (label, group) in enumerate(groups):
@@ -89,8 +96,9 @@ def _resolve(path_value) -> Path | None:
     return None if path_value in (None, "") else Path(path_value)
 
 
-def _read_label_png(path: Path, what: str, image_id: str, source: Path,
-                    seen: Sequence[int] | None = None) -> np.ndarray:
+def _read_label_png(
+    path: Path, what: str, image_id: str, source: Path, seen: Sequence[int] | None = None
+) -> np.ndarray:
     """A label PNG -> RGB uint8 (H, W, 3): index images are coloured with the VOC palette.
 
     With ``seen``, labels of classes not seen yet are shown as background, as evaluation counts
@@ -143,8 +151,11 @@ def plot_qualitative(table: Table, path: Path, num_examples: int = 4) -> bool:
                 panels.append(np.asarray(img.convert("RGB")))
         if mask_dir is None:
             raise ValueError(f"{ref.path}: key 'mask_dir' is null")
-        panels.append(_read_label_png(mask_dir / f"{image_id}.png", "ground truth", image_id, ref.path,
-                                      seen=ref.data["seen_classes"]))
+        panels.append(
+            _read_label_png(
+                mask_dir / f"{image_id}.png", "ground truth", image_id, ref.path, seen=ref.data["seen_classes"]
+            )
+        )
         for run in runs:
             pred_dir = _resolve(run.data["predictions_dir"])
             if pred_dir is None:
@@ -206,8 +217,9 @@ def step_series(runs: Sequence[Run]) -> dict[tuple[str, str], dict[str, list]]:
                 f"step {run.data['step']} seed {run.seed}) given twice"
             )
         cell[run.seed] = run
-    methods = sorted({(p, r) for p, r, t in cells if t > 0},
-                     key=lambda pr: (protocol_sort_key(pr[0]), method_sort_key(pr[1])))
+    methods = sorted(
+        {(p, r) for p, r, t in cells if t > 0}, key=lambda pr: (protocol_sort_key(pr[0]), method_sort_key(pr[1]))
+    )
     out: dict[tuple[str, str], dict[str, list]] = {}
     for protocol, method in methods:
         steps = sorted(t for p, r, t in cells if (p, r) == (protocol, method) and t > 0)
@@ -249,8 +261,14 @@ def plot_steps(runs: Sequence[Run], path: Path) -> None:
                 y = np.asarray(values[name], dtype=float)
                 ok = np.isfinite(y)
                 if ok.any():
-                    ax.plot(x[ok], y[ok], color=colors[method], linestyle=STEP_LINESTYLES[name],
-                            marker=STEP_MARKERS[name], markersize=4)
+                    ax.plot(
+                        x[ok],
+                        y[ok],
+                        color=colors[method],
+                        linestyle=STEP_LINESTYLES[name],
+                        marker=STEP_MARKERS[name],
+                        markersize=4,
+                    )
         ax.set_title(protocol.capitalize())
         ax.set_xticks(range(num_steps))
         ax.set_xlim(-0.3, num_steps - 0.7)
@@ -260,8 +278,9 @@ def plot_steps(runs: Sequence[Run], path: Path) -> None:
     axes[0].set_ylabel("mIoU %")
     handles = [Line2D([], [], color=colors[m], linewidth=2, label=method_label(m)) for m in methods]
     handles += [
-        Line2D([], [], color="black", linestyle=STEP_LINESTYLES[name], marker=STEP_MARKERS[name],
-               markersize=4, label=label)
+        Line2D(
+            [], [], color="black", linestyle=STEP_LINESTYLES[name], marker=STEP_MARKERS[name], markersize=4, label=label
+        )
         for name, label in (("all", "all"), ("old", "old (base classes)"), ("new", "new"))
     ]
     axes[-1].legend(handles=handles, loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize=8)
@@ -295,4 +314,3 @@ def plot_learning_curves(curves: Sequence[tuple[str, dict[str, np.ndarray]]], ti
         axes[1].legend(fontsize=7)
     fig.suptitle(title)
     _save(fig, path)
-

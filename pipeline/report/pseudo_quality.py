@@ -19,11 +19,19 @@ from pathlib import Path
 from pipeline.io import read_json
 from pipeline.report.runs import format_cell, method_label, method_sort_key, protocol_sort_key
 
-_COSEG = re.compile(r"(?P<dataset>[^/]+)/(?P<task>\d+(?:-\d+)+)-(?P<protocol>[a-z]+)/step(?P<step>\d+)/coseg/quality/(?P<method>[a-z0-9_]+)\.json$")
-_PSEUDO = re.compile(r"(?P<dataset>[^/]+)/(?P<task>\d+(?:-\d+)+)-(?P<protocol>[a-z]+)/seed(?P<seed>\d+)/step(?P<step>\d+)/pseudo/(?P<method>[a-z0-9_]+)_quality\.json$")
+_COSEG = re.compile(
+    r"(?P<dataset>[^/]+)/(?P<task>\d+(?:-\d+)+)-(?P<protocol>[a-z]+)/step(?P<step>\d+)/coseg/quality/(?P<method>[a-z0-9_]+)\.json$"
+)
+_PSEUDO = re.compile(
+    r"(?P<dataset>[^/]+)/(?P<task>\d+(?:-\d+)+)-(?P<protocol>[a-z]+)/seed(?P<seed>\d+)/step(?P<step>\d+)/pseudo/(?P<method>[a-z0-9_]+)_quality\.json$"
+)
 #: Order and labels of the mask variants in a row group.
-VARIANTS = {"initial": "CLIP initial mask", "seeds": "seed attention", "fused": "fused (Eq. 5)",
-            "pseudo": "CAM pseudo-label"}
+VARIANTS = {
+    "initial": "CLIP initial mask",
+    "seeds": "seed attention",
+    "fused": "fused (Eq. 5)",
+    "pseudo": "CAM pseudo-label",
+}
 
 
 def _scores(entry: dict) -> tuple[float | None, float | None]:
@@ -40,22 +48,38 @@ def load_quality(path: str | Path) -> list[dict]:
     text = Path(path).as_posix()
     match = _COSEG.search(text) or _PSEUDO.search(text)
     if match is None:
-        raise ValueError(f"{path}: not a quality file of the pipeline's layout "
-                         "(…/step{t}/coseg/quality/{method}.json or …/step{t}/pseudo/{cam}_quality.json)")
+        raise ValueError(
+            f"{path}: not a quality file of the pipeline's layout "
+            "(…/step{t}/coseg/quality/{method}.json or …/step{t}/pseudo/{cam}_quality.json)"
+        )
     where = {k: v for k, v in match.groupdict().items()}
     where["step"] = int(where["step"])
     where["seed"] = int(where["seed"]) if where.get("seed") is not None else None
     data = read_json(path)
     rows = []
     if "miou" in data:  # one set of masks
-        rows.append({**where, "masks": "pseudo", "miou": data["miou"], "contour_f": data.get("contour_f"),
-                     "n_images": data.get("n_images")})
+        rows.append(
+            {
+                **where,
+                "masks": "pseudo",
+                "miou": data["miou"],
+                "contour_f": data.get("contour_f"),
+                "n_images": data.get("n_images"),
+            }
+        )
     container = data.get("variants", data)  # co-segmentation: one entry per mask variant
     for name in VARIANTS:
         entry = container.get(name)
         if isinstance(entry, dict) and "miou" in entry:
-            rows.append({**where, "masks": name, "miou": entry["miou"], "contour_f": entry.get("contour_f"),
-                         "n_images": entry.get("n_images", data.get("n_images"))})
+            rows.append(
+                {
+                    **where,
+                    "masks": name,
+                    "miou": entry["miou"],
+                    "contour_f": entry.get("contour_f"),
+                    "n_images": entry.get("n_images", data.get("n_images")),
+                }
+            )
     if not rows:
         raise ValueError(f"{path}: no 'miou' (nor variants with one) in the quality JSON")
     return rows
@@ -71,12 +95,15 @@ def quality_tables(paths: Sequence[str | Path]) -> list[dict]:
     grouped: dict[tuple, dict[tuple, list[dict]]] = defaultdict(lambda: defaultdict(list))
     for path in paths:
         for row in load_quality(path):
-            grouped[(row["dataset"], row["task"], row["step"])][(row["method"], row["masks"], row["protocol"])].append(row)
+            grouped[(row["dataset"], row["task"], row["step"])][(row["method"], row["masks"], row["protocol"])].append(
+                row
+            )
     tables = []
     for (dataset, task, step), cells in sorted(grouped.items()):
         protocols = sorted({p for _, _, p in cells}, key=protocol_sort_key)
-        keys = sorted({(m, v) for m, v, _ in cells},
-                      key=lambda mv: (method_sort_key(mv[0]), list(VARIANTS).index(mv[1])))
+        keys = sorted(
+            {(m, v) for m, v, _ in cells}, key=lambda mv: (method_sort_key(mv[0]), list(VARIANTS).index(mv[1]))
+        )
         header = ["Method", "Masks"] + [f"{p.capitalize()} {c}" for p in protocols for c in ("mIoU", "contour F")]
         rows = []
         for method, masks in keys:
@@ -85,9 +112,14 @@ def quality_tables(paths: Sequence[str | Path]) -> list[dict]:
                 members = cells.get((method, masks, p), [])
                 row += [format_cell([r["miou"] for r in members]), format_cell([r["contour_f"] for r in members])]
             rows.append(row)
-        tables.append({"title": f"Pseudo-label quality on the training images, {dataset} {task}, step {step}",
-                       "stem": f"pseudo_quality_{dataset}_{task}_step{step}".replace("-", "_"),
-                       "header": header, "rows": rows})
+        tables.append(
+            {
+                "title": f"Pseudo-label quality on the training images, {dataset} {task}, step {step}",
+                "stem": f"pseudo_quality_{dataset}_{task}_step{step}".replace("-", "_"),
+                "header": header,
+                "rows": rows,
+            }
+        )
     return tables
 
 

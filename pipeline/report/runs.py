@@ -18,10 +18,25 @@ from pipeline.io import read_json
 from pipeline.methods import method_specs
 
 REQUIRED_KEYS: tuple[str, ...] = (
-    "dataset", "task", "protocol", "step", "num_steps", "method", "seed",
-    "old_classes", "new_classes", "seen_classes", "per_class_iou",
-    "miou_old", "miou_new", "miou_all", "pixel_accuracy",
-    "predictions_dir", "image_root", "mask_dir", "val_ids",
+    "dataset",
+    "task",
+    "protocol",
+    "step",
+    "num_steps",
+    "method",
+    "seed",
+    "old_classes",
+    "new_classes",
+    "seen_classes",
+    "per_class_iou",
+    "miou_old",
+    "miou_new",
+    "miou_all",
+    "pixel_accuracy",
+    "predictions_dir",
+    "image_root",
+    "mask_dir",
+    "val_ids",
 )
 PROTOCOL_ORDER: tuple[str, ...] = ("disjoint", "overlap")
 METRIC_KEYS: tuple[str, ...] = ("miou_old", "miou_new", "miou_all")

@@ -19,8 +19,12 @@ from pipeline.train.loop import LoopConfig, Trainer, resolve_device
 
 def setup_logging(verbose: bool = False) -> None:
     """Log lines ``time level message`` to stderr (Snakemake redirects stderr to the rule's log)."""
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        force=True,
+    )
 
 
 def parse_params(text: str) -> dict:
@@ -52,27 +56,50 @@ def add_run_arguments(parser: argparse.ArgumentParser, params_help: str) -> None
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
 
 
-def train_and_save(model: nn.Module, objective, dataset, train: dict, args: argparse.Namespace,
-                   device: torch.device, task: str, step: int, meta: dict, tag: str,
-                   warmup_epochs: int = 0) -> list[dict]:
+def train_and_save(
+    model: nn.Module,
+    objective,
+    dataset,
+    train: dict,
+    args: argparse.Namespace,
+    device: torch.device,
+    task: str,
+    step: int,
+    meta: dict,
+    tag: str,
+    warmup_epochs: int = 0,
+) -> list[dict]:
     """Run the shared loop with the config section ``train`` (validation every ``eval_every``
     epochs), write ``model.pt`` with ``meta`` and drop the checkpoint; returns the history.
 
     ``warmup_epochs`` run before the ``train["epochs"]`` epochs, at the constant learning rate
     (an objective's warm-up "before training the segmentation model", FMWISS Sec. 4.2); the
     poly decay covers the ``train["epochs"]`` epochs."""
-    cfg = LoopConfig(epochs=train["epochs"] + warmup_epochs, hold_epochs=warmup_epochs, batch_size=train["batch_size"], lr=train["lr"],
-                     momentum=train["momentum"], weight_decay=train["weight_decay"],
-                     poly_power=train["poly_power"], seed=args.seed, amp=train["amp"],
-                     eval_every=train["eval_every"])
-    validate = (make_validator(args.data, task, step, device, batch_size=train["eval_batch_size"])
-                if train["eval_every"] else None)
+    cfg = LoopConfig(
+        epochs=train["epochs"] + warmup_epochs,
+        hold_epochs=warmup_epochs,
+        batch_size=train["batch_size"],
+        lr=train["lr"],
+        momentum=train["momentum"],
+        weight_decay=train["weight_decay"],
+        poly_power=train["poly_power"],
+        seed=args.seed,
+        amp=train["amp"],
+        eval_every=train["eval_every"],
+    )
+    validate = (
+        make_validator(args.data, task, step, device, batch_size=train["eval_batch_size"])
+        if train["eval_every"]
+        else None
+    )
     outdir = Path(args.outdir)
-    trainer = Trainer(model, objective, dataset, cfg, outdir, device, workers=args.workers,
-                      validate=validate, tag=tag)
+    trainer = Trainer(model, objective, dataset, cfg, outdir, device, workers=args.workers, validate=validate, tag=tag)
     history = trainer.fit()
-    save_model(outdir / "model.pt", model, {**meta, "seed": args.seed, "train": train,
-                                             "final_loss": history[-1]["loss"] if history else None})
+    save_model(
+        outdir / "model.pt",
+        model,
+        {**meta, "seed": args.seed, "train": train, "final_loss": history[-1]["loss"] if history else None},
+    )
     trainer.remove_checkpoint()
     logging.getLogger(__name__).info("wrote %s", outdir / "model.pt")
     return history
@@ -83,4 +110,3 @@ def start_run(args: argparse.Namespace) -> tuple[dict, dict, torch.device]:
     setup_logging()
     set_threads(args.threads)
     return parse_params(args.params), read_json(args.split), resolve_device(args.device)
-

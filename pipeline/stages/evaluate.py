@@ -46,11 +46,15 @@ def run(args: argparse.Namespace) -> None:
     model, meta = load_model(args.model, device)
     task, step = split["task"], split["step"]
     if (meta.get("task"), meta.get("step")) != (task, step):
-        raise ValueError(f"{args.model} is a model of task {meta.get('task')} step {meta.get('step')}, "
-                         f"but {args.split} is task {task} step {step}")
+        raise ValueError(
+            f"{args.model} is a model of task {meta.get('task')} step {meta.get('step')}, "
+            f"but {args.split} is task {task} step {step}"
+        )
     seen, old, new = report_classes(task, step)
     if model.num_classes != len(seen):
-        raise ValueError(f"{args.model}: {model.num_classes} outputs, expected {len(seen)} seen classes of {task} step {step}")
+        raise ValueError(
+            f"{args.model}: {model.num_classes} outputs, expected {len(seen)} seen classes of {task} step {step}"
+        )
     ids = val_ids(args.data)
     dataset = step_dataset(args.data, ids, EvalTransform(eval_target_lut(task, step)))
     log.info("evaluating %s on %d val images (%s step %d, %d classes)", args.model, len(ids), task, step, len(seen))
@@ -61,11 +65,23 @@ def run(args: argparse.Namespace) -> None:
     summary = summarize(conf, seen, old, new, class_names=names)
     index = read_json(args.data)
     metrics = {
-        "dataset": split["dataset"], "task": task, "protocol": split["protocol"], "step": step,
-        "num_steps": len(task_steps(task)), "method": meta.get("method"), "seed": meta.get("seed", 0),
-        "seen_classes": seen, "old_classes": old, "new_classes": new, **summary,
-        "confusion_matrix": conf.tolist(), "predictions_dir": str(pred_dir.resolve()),
-        "image_root": index["root"], "mask_dir": index["mask_dir"], "val_ids": ids, "model": str(args.model),
+        "dataset": split["dataset"],
+        "task": task,
+        "protocol": split["protocol"],
+        "step": step,
+        "num_steps": len(task_steps(task)),
+        "method": meta.get("method"),
+        "seed": meta.get("seed", 0),
+        "seen_classes": seen,
+        "old_classes": old,
+        "new_classes": new,
+        **summary,
+        "confusion_matrix": conf.tolist(),
+        "predictions_dir": str(pred_dir.resolve()),
+        "image_root": index["root"],
+        "mask_dir": index["mask_dir"],
+        "val_ids": ids,
+        "model": str(args.model),
     }
     out = Path(args.out)
     buffer = io.StringIO()
@@ -77,5 +93,6 @@ def run(args: argparse.Namespace) -> None:
     write_text(out.with_name("per_class.csv"), buffer.getvalue())
     write_json(out, metrics)
     fmt = lambda v: "-" if v is None else f"{100 * v:.1f}"  # noqa: E731
-    log.info("mIoU old %s  new %s  all %s", fmt(summary["miou_old"]), fmt(summary["miou_new"]), fmt(summary["miou_all"]))
-
+    log.info(
+        "mIoU old %s  new %s  all %s", fmt(summary["miou_old"]), fmt(summary["miou_new"]), fmt(summary["miou_all"])
+    )

@@ -37,6 +37,8 @@ def run(args: argparse.Namespace) -> None:
     """Entry point of the stage."""
     start = time.perf_counter()
     generate(args.root, args.n_train, args.n_val, args.size, args.seed, args.workers)
-    print(f"make-demo-data: {args.n_train} train + {args.n_val} val images of {args.size} px "
-          f"in {args.root} ({time.perf_counter() - start:.1f} s)", flush=True)
-
+    print(
+        f"make-demo-data: {args.n_train} train + {args.n_val} val images of {args.size} px "
+        f"in {args.root} ({time.perf_counter() - start:.1f} s)",
+        flush=True,
+    )

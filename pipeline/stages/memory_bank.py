@@ -51,8 +51,10 @@ def stage_params(params: Mapping) -> dict:
         raise ValueError(f"memory-bank --params: unknown key {unknown[0]!r}; expected {list(PARAM_KEYS)}")
     missing = [key for key in PARAM_KEYS if key not in params]
     if missing:
-        raise ValueError(f"memory-bank --params: key {missing[0]!r} missing; give every key of the `memory` "
-                         f"section of config.yaml: {list(PARAM_KEYS)}")
+        raise ValueError(
+            f"memory-bank --params: key {missing[0]!r} missing; give every key of the `memory` "
+            f"section of config.yaml: {list(PARAM_KEYS)}"
+        )
     for key in PARAM_KEYS:
         value = params[key]
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
@@ -62,18 +64,25 @@ def stage_params(params: Mapping) -> dict:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``python -m pipeline memory-bank``."""
-    parser.add_argument("--split", required=True,
-                        help="step{t}.json written by the splits stage (step 0, or t >= 1 with --previous)")
+    parser.add_argument(
+        "--split", required=True, help="step{t}.json written by the splits stage (step 0, or t >= 1 with --previous)"
+    )
     parser.add_argument("--data", required=True, help="dataset index JSON written by prepare-data")
-    parser.add_argument("--params", required=True,
-                        help='JSON {"per_class": B, "min_area": pixels, "seed": int}, every key required: '
-                             "the `memory` section of config.yaml")
+    parser.add_argument(
+        "--params",
+        required=True,
+        help='JSON {"per_class": B, "min_area": pixels, "seed": int}, every key required: '
+        "the `memory` section of config.yaml",
+    )
     parser.add_argument("--out", required=True, help="memory_bank .h5 to write")
     parser.add_argument("--previous", help="step t >= 1: the bank of step t-1, to extend with the classes of step t")
-    parser.add_argument("--coseg", help="step t >= 1: the step's co-segmentation cache (.h5), whose fused "
-                                        "masks give the new-class instances")
-    parser.add_argument("--coseg-params", default="{}",
-                        help="step t >= 1: JSON coseg config section the cache is read with")
+    parser.add_argument(
+        "--coseg",
+        help="step t >= 1: the step's co-segmentation cache (.h5), whose fused masks give the new-class instances",
+    )
+    parser.add_argument(
+        "--coseg-params", default="{}", help="step t >= 1: JSON coseg config section the cache is read with"
+    )
     parser.add_argument("--threads", type=int, default=0, help="image-loading threads (0: load in this thread)")
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
 
@@ -106,8 +115,9 @@ def _ground_truth_sources(data: str, ids: list[str], threads: int) -> Iterator[t
     return _ordered_map(item, len(ids), threads)
 
 
-def _coseg_sources(data: str, ids: list[str], reader: CacheReader, cfg: Mapping, threads: int
-                   ) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
+def _coseg_sources(
+    data: str, ids: list[str], reader: CacheReader, cfg: Mapping, threads: int
+) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
     """``(id, image, fused co-segmentation label map)`` of each id (step t >= 1: no pixel labels;
     FMWISS Eq. 5 masks, overlaps resolved by the CLIP score, :func:`coseg_label_maps`).
 
@@ -150,23 +160,45 @@ def run(args: argparse.Namespace) -> None:
     if missing:
         raise ValueError(f"{args.split}: not a split JSON, key {missing[0]!r} missing")
     step, ids = int(split["step"]), list(split["ids"])
-    provenance = {"task": split.get("task"), "protocol": split.get("protocol"), "step": step,
-                  "split_ids_sha256": ids_digest(ids), "code_version": __version__}
+    provenance = {
+        "task": split.get("task"),
+        "protocol": split.get("protocol"),
+        "step": step,
+        "split_ids_sha256": ids_digest(ids),
+        "code_version": __version__,
+    }
     if step == 0:
         if args.previous or args.coseg:
-            raise ValueError(f"{args.split}: step 0 builds a new bank from pixel labels; "
-                             "--previous/--coseg are for steps t >= 1")
+            raise ValueError(
+                f"{args.split}: step 0 builds a new bank from pixel labels; --previous/--coseg are for steps t >= 1"
+            )
         classes = [c for c in split["seen_classes"] if c != BACKGROUND]
-        log.info("memory bank of %d classes from the ground truth of %d images of %s: B=%d, min_area=%d, seed=%d",
-                 len(classes), len(ids), args.split, params["per_class"], params["min_area"], params["seed"])
-        sources = tqdm(_ground_truth_sources(args.data, ids, args.threads), total=len(ids), desc="memory bank",
-                       unit="img", disable=not args.progress, mininterval=1.0)
-        counts = build_memory_bank(args.out, sources, classes, provenance={**provenance, "source": "ground_truth"},
-                                   **params)
+        log.info(
+            "memory bank of %d classes from the ground truth of %d images of %s: B=%d, min_area=%d, seed=%d",
+            len(classes),
+            len(ids),
+            args.split,
+            params["per_class"],
+            params["min_area"],
+            params["seed"],
+        )
+        sources = tqdm(
+            _ground_truth_sources(args.data, ids, args.threads),
+            total=len(ids),
+            desc="memory bank",
+            unit="img",
+            disable=not args.progress,
+            mininterval=1.0,
+        )
+        counts = build_memory_bank(
+            args.out, sources, classes, provenance={**provenance, "source": "ground_truth"}, **params
+        )
     else:
         if not args.previous or not args.coseg:
-            raise ValueError(f"{args.split}: step {step} has no pixel labels; give --previous (the bank of step "
-                             f"{step - 1}) and --coseg (the step's co-segmentation cache)")
+            raise ValueError(
+                f"{args.split}: step {step} has no pixel labels; give --previous (the bank of step "
+                f"{step - 1}) and --coseg (the step's co-segmentation cache)"
+            )
         from pipeline.foundation.coseg import (
             READ_TIME_KEYS,
             expected_provenance,
@@ -175,13 +207,31 @@ def run(args: argparse.Namespace) -> None:
 
         cfg = resolve_config(parse_params(args.coseg_params))
         classes = [c for c in split["new_classes"] if c != BACKGROUND]
-        log.info("memory bank: %s + %d classes of step %d from %s: B=%d, min_area=%d, seed=%d", args.previous,
-                 len(classes), step, args.coseg, params["per_class"], params["min_area"], params["seed"])
+        log.info(
+            "memory bank: %s + %d classes of step %d from %s: B=%d, min_area=%d, seed=%d",
+            args.previous,
+            len(classes),
+            step,
+            args.coseg,
+            params["per_class"],
+            params["min_area"],
+            params["seed"],
+        )
         with open_cache(args.coseg, expected_provenance(cfg)) as reader:
-            provenance.update({"source": "coseg", "coseg_provenance": reader.provenance,
-                               "coseg_read": {key: cfg[key] for key in READ_TIME_KEYS}})
-            sources = tqdm(_coseg_sources(args.data, ids, reader, cfg, args.threads), total=len(ids),
-                           desc="memory bank", unit="img", disable=not args.progress, mininterval=1.0)
+            provenance.update(
+                {
+                    "source": "coseg",
+                    "coseg_provenance": reader.provenance,
+                    "coseg_read": {key: cfg[key] for key in READ_TIME_KEYS},
+                }
+            )
+            sources = tqdm(
+                _coseg_sources(args.data, ids, reader, cfg, args.threads),
+                total=len(ids),
+                desc="memory bank",
+                unit="img",
+                disable=not args.progress,
+                mininterval=1.0,
+            )
             counts = extend_memory_bank(args.previous, args.out, sources, classes, provenance=provenance, **params)
     log.info("wrote %s: %d instances of %d classes", args.out, sum(counts.values()), len(counts))
-

@@ -56,8 +56,9 @@ def check_model_matches(meta: dict, model_path: str, cam: str, split: Mapping, s
     mine = (meta.get("task"), meta.get("protocol"), meta.get("step"), [int(c) for c in meta.get("new_classes", [])])
     theirs = (split["task"], split["protocol"], split["step"], [int(c) for c in split["new_classes"]])
     if mine != theirs:
-        raise ValueError(f"{model_path} was trained for task/protocol/step/new classes {mine}, "
-                         f"{split_path} is {theirs}")
+        raise ValueError(
+            f"{model_path} was trained for task/protocol/step/new classes {mine}, {split_path} is {theirs}"
+        )
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -65,8 +66,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="model.pt written by train-cam")
     parser.add_argument("--split", required=True, help="step{t}.json written by the splits stage")
     parser.add_argument("--data", required=True, help="dataset index JSON written by prepare-data")
-    parser.add_argument("--params", required=True,
-                        help='JSON: {"cam": {...}[, "quality": {"contour_tolerance": t}]} (config wsss.<cam>)')
+    parser.add_argument(
+        "--params",
+        required=True,
+        help='JSON: {"cam": {...}[, "quality": {"contour_tolerance": t}]} (config wsss.<cam>)',
+    )
     parser.add_argument("--out", required=True, help="HDF5 cache to write (pseudo/<cam>.h5)")
     parser.add_argument("--quality", required=True, help="quality JSON to write (mIoU, contour F-score)")
     parser.add_argument("--figure", required=True, help="PNG of a few examples to write")
@@ -85,7 +89,8 @@ def run(args: argparse.Namespace) -> None:
         raise ValueError('--params: missing section "cam" (config wsss.<cam>)')
     cam_cfg, quality_cfg = params["cam"], params.get("quality", {})
     missing = [key for key in INFERENCE_KEYS if key not in cam_cfg] + (
-        ["threshold"] if args.cam != "iscam" and cam_cfg.get("threshold") is None else [])
+        ["threshold"] if args.cam != "iscam" and cam_cfg.get("threshold") is None else []
+    )
     if missing:
         raise ValueError(f"wsss.{args.cam}: missing key(s) {', '.join(missing)}")
     split = read_json(args.split)
@@ -94,17 +99,38 @@ def run(args: argparse.Namespace) -> None:
     net, meta = load_cam_model(args.model, device)
     check_model_matches(meta, args.model, args.cam, split, args.split)
     provenance = expected_provenance(args.cam, args.model, split, cam_cfg)
-    log.info("%s: %d images of %s %s step %d, scales %s, flip %s, device %s", args.cam, len(split["ids"]),
-             split["task"], split["protocol"], split["step"], cam_cfg["scales"], cam_cfg["flip"], device)
+    log.info(
+        "%s: %d images of %s %s step %d, scales %s, flip %s, device %s",
+        args.cam,
+        len(split["ids"]),
+        split["task"],
+        split["protocol"],
+        split["step"],
+        cam_cfg["scales"],
+        cam_cfg["flip"],
+        device,
+    )
     write_cache(net, split, args.data, args.out, provenance, cam_cfg, device)
 
     tolerance = quality_cfg.get("contour_tolerance", DEFAULT_CONTOUR_TOLERANCE)
     result = measure_quality(args.out, provenance, split, args.data, tolerance)
-    write_json(args.quality, {"cam": args.cam, "task": split["task"], "protocol": split["protocol"],
-                              "step": split["step"], "classes": [0, *split["new_classes"]],
-                              "contour_tolerance": tolerance, **result})
-    log.info("pseudo-label quality: mIoU %s, contour F %s over %d images", result["miou"], result["contour_f"],
-             result["n_images"])
+    write_json(
+        args.quality,
+        {
+            "cam": args.cam,
+            "task": split["task"],
+            "protocol": split["protocol"],
+            "step": split["step"],
+            "classes": [0, *split["new_classes"]],
+            "contour_tolerance": tolerance,
+            **result,
+        },
+    )
+    log.info(
+        "pseudo-label quality: mIoU %s, contour F %s over %d images",
+        result["miou"],
+        result["contour_f"],
+        result["n_images"],
+    )
     save_pseudo_label_figure(args.figure, args.out, provenance, split, args.data, args.figure_images)
     log.info("wrote %s, %s, %s", args.out, args.quality, args.figure)
-

@@ -30,21 +30,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     source.add_argument("--index", type=Path, help="index JSON written by prepare-data")
     source.add_argument("--split", default="train", help="id list of --index to use (default: train)")
     source.add_argument("--labels-root", type=Path, help="dataset root holding the label maps")
-    source.add_argument("--train-list", type=Path,
-                        help="training id list (relative paths are relative to --labels-root)")
-    source.add_argument("--mask-dir", default="auto",
-                        help="mask folder under --labels-root (default: auto = SegmentationClassAug "
-                             "if present, else SegmentationClass)")
+    source.add_argument(
+        "--train-list", type=Path, help="training id list (relative paths are relative to --labels-root)"
+    )
+    source.add_argument(
+        "--mask-dir",
+        default="auto",
+        help="mask folder under --labels-root (default: auto = SegmentationClassAug "
+        "if present, else SegmentationClass)",
+    )
     parser.add_argument("--task", required=True, help="incremental task, e.g. 15-5, 10-10, 15-1")
     parser.add_argument("--protocol", required=True, choices=tasks.PROTOCOLS)
     parser.add_argument("--dataset", default="voc", help="dataset name recorded in the JSON files")
-    parser.add_argument("--task-table", default="voc", choices=sorted(tasks.TASKS),
-                        help="class set / task table (default: voc)")
-    parser.add_argument("--relaxed", action="store_true",
-                        help="image-level labels for every seen class, not only the new ones "
-                             "(WILSON Table 5)")
-    parser.add_argument("--workers", type=int, default=0,
-                        help="processes reading label maps (0: in this process)")
+    parser.add_argument(
+        "--task-table", default="voc", choices=sorted(tasks.TASKS), help="class set / task table (default: voc)"
+    )
+    parser.add_argument(
+        "--relaxed",
+        action="store_true",
+        help="image-level labels for every seen class, not only the new ones (WILSON Table 5)",
+    )
+    parser.add_argument("--workers", type=int, default=0, help="processes reading label maps (0: in this process)")
     out = parser.add_argument_group("output (one of)")
     out.add_argument("--outdir", type=Path, help="output folder: every step{t}.json, summary.json, summary.csv")
     out.add_argument("--step", type=int, help="with --out: write only the split of this step (what a rule asks for)")
@@ -53,8 +59,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _print_summary(summary: Mapping) -> None:
-    print(f"splits {summary['dataset']} {summary['task']} {summary['protocol']}"
-          f"{' relaxed' if summary['relaxed'] else ''}")
+    print(
+        f"splits {summary['dataset']} {summary['task']} {summary['protocol']}{' relaxed' if summary['relaxed'] else ''}"
+    )
     print(f"{'step':>4}  {'images':>6}  new classes")
     for row in summary["steps"]:
         new = row["new_classes"]
@@ -75,15 +82,14 @@ def run(args: argparse.Namespace) -> None:
 
         train_list = args.labels_root / args.train_list
         ids = voc.read_ids(train_list)
-        index = voc.index_dataset(args.labels_root, ids, args.mask_dir, images=False,
-                                  workers=args.workers)
-        source = {"labels_root": str(args.labels_root), "train_list": str(train_list),
-                  "mask_dir": args.mask_dir}
+        index = voc.index_dataset(args.labels_root, ids, args.mask_dir, images=False, workers=args.workers)
+        source = {"labels_root": str(args.labels_root), "train_list": str(train_list), "mask_dir": args.mask_dir}
     else:
         raise ValueError("splits: expected --index, or both --labels-root and --train-list")
 
-    steps = build_splits(index, args.task, args.protocol, args.relaxed,
-                         dataset=args.dataset, task_table=args.task_table)
+    steps = build_splits(
+        index, args.task, args.protocol, args.relaxed, dataset=args.dataset, task_table=args.task_table
+    )
     summary = summarize_splits(steps, index)
     summary["source"] = source
 
@@ -116,4 +122,3 @@ def run(args: argparse.Namespace) -> None:
         write_text(csv_tmp, summary_csv(summary))
         write_json(summary_tmp, summary)
     _print_summary(summary)
-

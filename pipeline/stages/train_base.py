@@ -44,8 +44,14 @@ def run(args: argparse.Namespace) -> None:
     task = split["task"]
 
     dataset = pixel_dataset(args.data, split["ids"], train, task, 0)
-    log.info("task %s %s step 0: %d training images, classes %s, device %s",
-             task, split["protocol"], len(dataset), split["seen_classes"], device)
+    log.info(
+        "task %s %s step 0: %d training images, classes %s, device %s",
+        task,
+        split["protocol"],
+        len(dataset),
+        split["seen_classes"],
+        device,
+    )
 
     seed_everything(args.seed)
     classes_per_step = [len(task_steps(task)[0])]
@@ -53,8 +59,22 @@ def run(args: argparse.Namespace) -> None:
     if train["loss"] == "bce":
         init_prior_bias(model.classifier.blocks[0], PRIOR)
     method = build_method("base", {"loss": train["loss"], "head_lr_mult": train["head_lr_mult"]})
-    train_and_save(model, method, dataset, train, args, device, task, 0,
-                   meta={"model": model_cfg, "task": task, "protocol": split["protocol"], "step": 0,
-                         "method": "base", "seen_classes": split["seen_classes"]},
-                   tag=fingerprint(model_cfg, train, split["ids"], PRIOR, __version__))
-
+    train_and_save(
+        model,
+        method,
+        dataset,
+        train,
+        args,
+        device,
+        task,
+        0,
+        meta={
+            "model": model_cfg,
+            "task": task,
+            "protocol": split["protocol"],
+            "step": 0,
+            "method": "base",
+            "seen_classes": split["seen_classes"],
+        },
+        tag=fingerprint(model_cfg, train, split["ids"], PRIOR, __version__),
+    )

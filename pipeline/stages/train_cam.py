@@ -36,8 +36,18 @@ log = logging.getLogger("pipeline.stages.train_cam")
 
 
 #: Keys of a ``train_cam.<cam>`` section.
-TRAIN_KEYS = ("epochs", "batch_size", "lr", "head_lr_mult", "momentum", "weight_decay", "poly_power",
-              "crop_size", "scale_range", "amp")
+TRAIN_KEYS = (
+    "epochs",
+    "batch_size",
+    "lr",
+    "head_lr_mult",
+    "momentum",
+    "weight_decay",
+    "poly_power",
+    "crop_size",
+    "scale_range",
+    "amp",
+)
 
 
 def channel_labels(split: dict) -> dict[str, list[int]]:
@@ -80,22 +90,39 @@ def select_train_section(train: dict, cam: str) -> dict:
     return train
 
 
-def train_cam_and_save(net, objective, dataset, train: dict, args: argparse.Namespace, device, meta: dict,
-                       tag: str) -> list[dict]:
+def train_cam_and_save(
+    net, objective, dataset, train: dict, args: argparse.Namespace, device, meta: dict, tag: str
+) -> list[dict]:
     """Run the shared loop (no validation pass), write ``model.pt`` with ``meta`` (and the learned
     loss parameters of the objective, if any) and drop the checkpoint; returns the history.
 
     The CAM counterpart of :func:`pipeline.stages.common.train_and_save`, which saves Segmenters.
     """
-    cfg = LoopConfig(epochs=int(train["epochs"]), batch_size=int(train["batch_size"]), lr=float(train["lr"]),
-                     momentum=float(train["momentum"]), weight_decay=float(train["weight_decay"]),
-                     poly_power=float(train["poly_power"]), seed=args.seed, amp=bool(train["amp"]), eval_every=0)
+    cfg = LoopConfig(
+        epochs=int(train["epochs"]),
+        batch_size=int(train["batch_size"]),
+        lr=float(train["lr"]),
+        momentum=float(train["momentum"]),
+        weight_decay=float(train["weight_decay"]),
+        poly_power=float(train["poly_power"]),
+        seed=args.seed,
+        amp=bool(train["amp"]),
+        eval_every=0,
+    )
     outdir = Path(args.outdir)
     trainer = Trainer(net, objective, dataset, cfg, outdir, device, workers=args.workers, tag=tag)
     history = trainer.fit()
-    save_cam_model(outdir / "model.pt", net, {**meta, "seed": args.seed, "train": train,
-                                              "learned": objective.learned(),
-                                              "final_loss": history[-1]["loss"] if history else None})
+    save_cam_model(
+        outdir / "model.pt",
+        net,
+        {
+            **meta,
+            "seed": args.seed,
+            "train": train,
+            "learned": objective.learned(),
+            "final_loss": history[-1]["loss"] if history else None,
+        },
+    )
     trainer.remove_checkpoint()
     log.info("wrote %s", outdir / "model.pt")
     return history
@@ -110,7 +137,7 @@ def run(args: argparse.Namespace) -> None:
     params, split, device = start_run(args)
     for key in ("train", "cam"):
         if key not in params:
-            raise ValueError(f"--params: missing section {key!r} (expected {{\"train\": ..., \"cam\": ...}})")
+            raise ValueError(f'--params: missing section {key!r} (expected {{"train": ..., "cam": ...}})')
     train, cam_cfg = select_train_section(params["train"], args.cam), params["cam"]
     task, step = split["task"], split["step"]
     if not split["new_classes"]:
@@ -120,11 +147,30 @@ def run(args: argparse.Namespace) -> None:
     net = build_cam_model(args.cam, cam_cfg, len(split["new_classes"]))
     objective = build_cam_objective(args.cam, cam_cfg, train)
     dataset = cam_training_data(split, args.data, train)
-    log.info("%s: task %s %s step %d, %d training images, new classes %s, device %s", args.cam, task,
-             split["protocol"], step, len(dataset), split["new_classes"], device)
+    log.info(
+        "%s: task %s %s step %d, %d training images, new classes %s, device %s",
+        args.cam,
+        task,
+        split["protocol"],
+        step,
+        len(dataset),
+        split["new_classes"],
+        device,
+    )
     train_cam_and_save(
-        net, objective, dataset, train, args, device,
-        meta={"cam_cfg": cam_cfg, "task": task, "protocol": split["protocol"], "step": step,
-              "new_classes": split["new_classes"], "version": __version__},
-        tag=fingerprint(args.cam, cam_cfg, train, split["ids"], split["labels"], __version__))
-
+        net,
+        objective,
+        dataset,
+        train,
+        args,
+        device,
+        meta={
+            "cam_cfg": cam_cfg,
+            "task": task,
+            "protocol": split["protocol"],
+            "step": step,
+            "new_classes": split["new_classes"],
+            "version": __version__,
+        },
+        tag=fingerprint(args.cam, cam_cfg, train, split["ids"], split["labels"], __version__),
+    )

@@ -29,8 +29,9 @@ log = logging.getLogger("pipeline.stages.train_step")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--method", required=True,
-                        help="a method of `wilss list methods` or a variant (methods.<name>.method)")
+    parser.add_argument(
+        "--method", required=True, help="a method of `wilss list methods` or a variant (methods.<name>.method)"
+    )
     parser.add_argument("--previous", required=True, help="model.pt of step t-1 (step 0: the base model)")
     parser.add_argument("--pseudo", help="cam/vwe/iscam: pseudo-label cache of the pseudo-labels stage (.h5)")
     parser.add_argument("--coseg", help="fmwiss: co-segmentation cache of the coseg stage (.h5)")
@@ -47,8 +48,10 @@ def run(args: argparse.Namespace) -> None:
 
     old_model, meta = load_model(args.previous, device)
     if (meta.get("task"), meta.get("step")) != (task, step - 1):
-        raise ValueError(f"{args.previous} is task {meta.get('task')} step {meta.get('step')}; "
-                         f"step {step} of {task} starts from step {step - 1}")
+        raise ValueError(
+            f"{args.previous} is task {meta.get('task')} step {meta.get('step')}; "
+            f"step {step} of {task} starts from step {step - 1}"
+        )
     seed_everything(args.seed)
     model, _ = load_model(args.previous, device)
     context = StepContext.build(task, step, old_model)
@@ -57,13 +60,44 @@ def run(args: argparse.Namespace) -> None:
 
     caches = {key: getattr(args, key) for key in CACHES if getattr(args, key)}
     dataset = method.dataset(StepInputs(split, args.data, context.num_classes, train, caches))
-    log.info("%s: task %s %s step %d, %d training images (%s labels), new classes %s, device %s", args.method,
-             task, split["protocol"], step, len(dataset), method.spec.supervision, context.new_classes, device)
-    train_and_save(model, method, dataset, train, args, device, task, step,
-                   meta={"model": meta["model"], "task": task, "protocol": split["protocol"], "step": step,
-                         "method": args.method, "seen_classes": split["seen_classes"], "method_cfg": method_cfg,
-                         "previous": str(args.previous)},
-                   tag=fingerprint(args.method, method_cfg, train, split["ids"], file_digest(args.previous),
-                                   *[file_digest(p) for p in (args.pseudo, args.coseg, args.memory) if p],
-                                   __version__),
-                   warmup_epochs=method.warmup_before_training)
+    log.info(
+        "%s: task %s %s step %d, %d training images (%s labels), new classes %s, device %s",
+        args.method,
+        task,
+        split["protocol"],
+        step,
+        len(dataset),
+        method.spec.supervision,
+        context.new_classes,
+        device,
+    )
+    train_and_save(
+        model,
+        method,
+        dataset,
+        train,
+        args,
+        device,
+        task,
+        step,
+        meta={
+            "model": meta["model"],
+            "task": task,
+            "protocol": split["protocol"],
+            "step": step,
+            "method": args.method,
+            "seen_classes": split["seen_classes"],
+            "method_cfg": method_cfg,
+            "previous": str(args.previous),
+        },
+        tag=fingerprint(
+            args.method,
+            method_cfg,
+            train,
+            split["ids"],
+            file_digest(args.previous),
+            *[file_digest(p) for p in (args.pseudo, args.coseg, args.memory) if p],
+            __version__,
+        ),
+        warmup_epochs=method.warmup_before_training,
+    )

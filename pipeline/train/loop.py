@@ -154,9 +154,18 @@ def write_history(path: Path, history: list[dict]) -> None:
 class Trainer:
     """Runs :func:`fit`; kept as a class so stages can reach the optimiser and history."""
 
-    def __init__(self, model: nn.Module, objective: Objective, dataset: Dataset, cfg: LoopConfig,
-                 run_dir: str | Path, device: torch.device, workers: int = 0,
-                 validate: Callable[[nn.Module], dict] | None = None, tag: str = ""):
+    def __init__(
+        self,
+        model: nn.Module,
+        objective: Objective,
+        dataset: Dataset,
+        cfg: LoopConfig,
+        run_dir: str | Path,
+        device: torch.device,
+        workers: int = 0,
+        validate: Callable[[nn.Module], dict] | None = None,
+        tag: str = "",
+    ):
         self.model, self.objective, self.dataset, self.cfg = model, objective, dataset, cfg
         self.run_dir = Path(run_dir)
         self.device, self.workers, self.validate = device, workers, validate
@@ -172,13 +181,16 @@ class Trainer:
         memory_format = torch.channels_last if device.type == "cuda" else torch.contiguous_format
         self.model.to(device, memory_format=memory_format)
         self.extra.to(device)
-        self.optimizer = torch.optim.SGD(objective.param_groups(model, cfg.lr), lr=cfg.lr,
-                                         momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        self.optimizer = torch.optim.SGD(
+            objective.param_groups(model, cfg.lr), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+        )
         if not 0 <= cfg.hold_epochs <= cfg.epochs:
             raise ValueError(f"hold_epochs={cfg.hold_epochs}: must be in [0, epochs={cfg.epochs}]")
         hold, total = cfg.hold_epochs * self.iters_per_epoch, cfg.epochs * self.iters_per_epoch
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, functools.partial(held_poly_factor, hold_iters=hold, total_iters=total, power=cfg.poly_power))
+            self.optimizer,
+            functools.partial(held_poly_factor, hold_iters=hold, total_iters=total, power=cfg.poly_power),
+        )
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
         self.history: list[dict] = []
         self.start_epoch = 0
@@ -186,10 +198,15 @@ class Trainer:
     # -- checkpoints -------------------------------------------------------------------------
     def save_checkpoint(self, epoch: int) -> None:
         state = {
-            "fingerprint": self.fingerprint, "epoch": epoch, "history": self.history,
-            "model": self.model.state_dict(), "extra": self.extra.state_dict(),
-            "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-            "scaler": self.scaler.state_dict(), "rng": _rng_state(),
+            "fingerprint": self.fingerprint,
+            "epoch": epoch,
+            "history": self.history,
+            "model": self.model.state_dict(),
+            "extra": self.extra.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "rng": _rng_state(),
         }
         with atomic_path(self.checkpoint_path) as tmp:
             torch.save(state, tmp)
@@ -216,10 +233,18 @@ class Trainer:
     # -- one epoch ---------------------------------------------------------------------------
     def loader(self, epoch: int) -> DataLoader:
         generator = torch.Generator().manual_seed(epoch_seed(self.cfg.seed, epoch))
-        return DataLoader(self.dataset, batch_size=self.cfg.batch_size, shuffle=True, drop_last=True,
-                          num_workers=self.workers, collate_fn=pad_collate, generator=generator,
-                          worker_init_fn=_worker_init, pin_memory=self.device.type == "cuda",
-                          persistent_workers=False)
+        return DataLoader(
+            self.dataset,
+            batch_size=self.cfg.batch_size,
+            shuffle=True,
+            drop_last=True,
+            num_workers=self.workers,
+            collate_fn=pad_collate,
+            generator=generator,
+            worker_init_fn=_worker_init,
+            pin_memory=self.device.type == "cuda",
+            persistent_workers=False,
+        )
 
     def to_device(self, batch: dict) -> dict:
         moved = {}
@@ -238,8 +263,14 @@ class Trainer:
         self.objective.on_epoch_start(epoch, self.model)
         sums: dict[str, float] = {}
         started = time.perf_counter()
-        bar = tqdm(self.loader(epoch), total=self.iters_per_epoch, desc=f"epoch {epoch + 1}/{self.cfg.epochs}",
-                   leave=False, file=sys.stderr, mininterval=1.0 if sys.stderr.isatty() else 30.0)
+        bar = tqdm(
+            self.loader(epoch),
+            total=self.iters_per_epoch,
+            desc=f"epoch {epoch + 1}/{self.cfg.epochs}",
+            leave=False,
+            file=sys.stderr,
+            mininterval=1.0 if sys.stderr.isatty() else 30.0,
+        )
         for iteration, batch in enumerate(bar):
             batch = self.to_device(batch)
             with torch.autocast("cuda", dtype=torch.float16, enabled=self.use_amp):
@@ -247,8 +278,10 @@ class Trainer:
                 losses = self.objective.losses(batch, out, epoch)
             total = sum(losses.values())
             if not torch.isfinite(total):
-                raise FloatingPointError(f"non-finite loss at epoch {epoch + 1}, iteration {iteration}: "
-                                         + ", ".join(f"{k}={float(v):.4g}" for k, v in losses.items()))
+                raise FloatingPointError(
+                    f"non-finite loss at epoch {epoch + 1}, iteration {iteration}: "
+                    + ", ".join(f"{k}={float(v):.4g}" for k, v in losses.items())
+                )
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(total).backward()
             self.scaler.step(self.optimizer)
@@ -275,8 +308,14 @@ class Trainer:
                 row.update(self.validate(self.model))
                 self.model.train()
             self.history.append(row)
-            log.info("epoch %d/%d  %s", epoch + 1, self.cfg.epochs, "  ".join(
-                f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items() if k != "epoch"))
+            log.info(
+                "epoch %d/%d  %s",
+                epoch + 1,
+                self.cfg.epochs,
+                "  ".join(
+                    f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items() if k != "epoch"
+                ),
+            )
             write_history(self.history_path, self.history)
             self.save_checkpoint(epoch)
         if self.start_epoch >= self.cfg.epochs:
@@ -288,9 +327,17 @@ class Trainer:
         self.checkpoint_path.unlink(missing_ok=True)
 
 
-def fit(model: nn.Module, objective: Objective, dataset: Dataset, cfg: LoopConfig, run_dir: str | Path,
-        device: torch.device, workers: int = 0, validate: Callable[[nn.Module], dict] | None = None,
-        tag: str = "") -> list[dict]:
+def fit(
+    model: nn.Module,
+    objective: Objective,
+    dataset: Dataset,
+    cfg: LoopConfig,
+    run_dir: str | Path,
+    device: torch.device,
+    workers: int = 0,
+    validate: Callable[[nn.Module], dict] | None = None,
+    tag: str = "",
+) -> list[dict]:
     """Train ``model`` with ``objective`` on ``dataset``; see :class:`Trainer`.
 
     Args:

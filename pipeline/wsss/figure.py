@@ -79,8 +79,9 @@ def draw_rows(path: str | Path, rows: Sequence[Mapping]) -> None:
         fig.savefig(tmp, dpi=100)
 
 
-def save_pseudo_label_figure(path: str | Path, cache: str | Path, provenance: Mapping, split: Mapping,
-                             data_index: str | Path, n_images: int = 4) -> None:
+def save_pseudo_label_figure(
+    path: str | Path, cache: str | Path, provenance: Mapping, split: Mapping, data_index: str | Path, n_images: int = 4
+) -> None:
     """Figure of the first ``n_images`` images of the split from a finished pseudo-label cache.
 
     CAMs shown are the cached scores of the labelled classes (``cams``), upsampled to the image.
@@ -99,9 +100,15 @@ def save_pseudo_label_figure(path: str | Path, cache: str | Path, provenance: Ma
             stored = reader.get(image_id)
             labelled = [c for c in new_classes if c in {int(x) for x in split["labels"][image_id]}]
             cams = {c: upsample_cam(stored["cams"][new_classes.index(c)], size) for c in labelled}
-            rows.append({"id": image_id, "image": sample["image"], "cams": cams,
-                         "label": read_pseudo_label(reader, image_id),
-                         "gt": step_ground_truth(sample["mask"], new_classes)})
+            rows.append(
+                {
+                    "id": image_id,
+                    "image": sample["image"],
+                    "cams": cams,
+                    "label": read_pseudo_label(reader, image_id),
+                    "gt": step_ground_truth(sample["mask"], new_classes),
+                }
+            )
     draw_rows(path, rows)
 
 

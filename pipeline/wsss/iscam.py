@@ -183,8 +183,11 @@ def spatial_weights(height: int, width: int, sigma: Tensor | float, device=None)
     if not isinstance(sigma, Tensor):
         sigma = torch.tensor(float(sigma), device=device)
     sigma = sigma.float()
-    rows, cols = torch.meshgrid(torch.arange(height, device=sigma.device, dtype=torch.float32),
-                                torch.arange(width, device=sigma.device, dtype=torch.float32), indexing="ij")
+    rows, cols = torch.meshgrid(
+        torch.arange(height, device=sigma.device, dtype=torch.float32),
+        torch.arange(width, device=sigma.device, dtype=torch.float32),
+        indexing="ij",
+    )
     positions = torch.stack([rows.reshape(-1), cols.reshape(-1)], dim=1)
     squared = (positions[:, None, :] - positions[None, :, :]).pow(2).sum(-1)
     return torch.exp(-squared / (2.0 * sigma**2)) / (2.0 * math.pi * sigma**2)
@@ -238,8 +241,9 @@ def prediction_gap(probs: Tensor) -> Tensor:
     return (0.5 * (squared[:, :, None] + squared[:, None, :]) - gram).clamp_min(0.0)
 
 
-def feature_similarity_loss(probs: Tensor, rgb: Tensor, sigma: Tensor | float, mu: Tensor | float,
-                            normalisation: str = "pairs") -> Tensor:
+def feature_similarity_loss(
+    probs: Tensor, rgb: Tensor, sigma: Tensor | float, mu: Tensor | float, normalisation: str = "pairs"
+) -> Tensor:
     """Feature similarity loss (ISCAM Eq. 6), averaged over the batch.
 
     L_fs = -(HW)^-2 sum_ij w_ij g(a_i, a_j) f(δ(x_i, x_j)), over all ordered pixel pairs of the
@@ -302,7 +306,16 @@ class FeatureSimilarity(nn.Module):
 
 
 __all__ = [
-    "FeatureSimilarity", "binary_cross_entropy", "cam_probabilities", "classification_loss",
-    "dissimilarity_response", "feature_similarity_loss", "importance_sample", "max_pool_prediction",
-    "prediction_gap", "rgb_dissimilarity", "sampled_prediction", "spatial_weights",
+    "FeatureSimilarity",
+    "binary_cross_entropy",
+    "cam_probabilities",
+    "classification_loss",
+    "dissimilarity_response",
+    "feature_similarity_loss",
+    "importance_sample",
+    "max_pool_prediction",
+    "prediction_gap",
+    "rgb_dissimilarity",
+    "sampled_prediction",
+    "spatial_weights",
 ]

@@ -59,8 +59,9 @@ class _CamBase(nn.Module):
     name = ""
     has_background = False
 
-    def __init__(self, backbone: nn.Module, num_classes: int, output_stride: int, dropout: float = 0.0,
-                 freeze_bn: bool = False):
+    def __init__(
+        self, backbone: nn.Module, num_classes: int, output_stride: int, dropout: float = 0.0, freeze_bn: bool = False
+    ):
         super().__init__()
         if num_classes < 1:
             raise ValueError(f"{self.name}: num_classes={num_classes}, expected >= 1 new class")
@@ -106,8 +107,9 @@ class CamNet(_CamBase):
 
     name = "cam"
 
-    def __init__(self, backbone: nn.Module, num_classes: int, output_stride: int, dropout: float = 0.5,
-                 freeze_bn: bool = False):
+    def __init__(
+        self, backbone: nn.Module, num_classes: int, output_stride: int, dropout: float = 0.5, freeze_bn: bool = False
+    ):
         super().__init__(backbone, num_classes, output_stride, dropout, freeze_bn)
         self.classifier = nn.Conv2d(self.feature_dim, num_classes, 1, bias=False)
         nn.init.xavier_uniform_(self.classifier.weight)
@@ -141,9 +143,18 @@ class VweNet(_CamBase):
 
     name = "vwe"
 
-    def __init__(self, backbone: nn.Module, num_classes: int, output_stride: int, dropout: float = 0.0,
-                 freeze_bn: bool = False, num_words: int = 256, pyramid_levels=(1, 2, 4), gamma: float = 2.0,
-                 detach_word_features: bool = True):
+    def __init__(
+        self,
+        backbone: nn.Module,
+        num_classes: int,
+        output_stride: int,
+        dropout: float = 0.0,
+        freeze_bn: bool = False,
+        num_words: int = 256,
+        pyramid_levels=(1, 2, 4),
+        gamma: float = 2.0,
+        detach_word_features: bool = True,
+    ):
         super().__init__(backbone, num_classes, output_stride, dropout, freeze_bn)
         if num_words < 1:
             raise ValueError(f"vwe: num_words={num_words}, expected >= 1")
@@ -196,8 +207,9 @@ class IsCamNet(_CamBase):
     name = "iscam"
     has_background = True
 
-    def __init__(self, backbone: nn.Module, num_classes: int, output_stride: int, dropout: float = 0.5,
-                 freeze_bn: bool = False):
+    def __init__(
+        self, backbone: nn.Module, num_classes: int, output_stride: int, dropout: float = 0.5, freeze_bn: bool = False
+    ):
         super().__init__(backbone, num_classes, output_stride, dropout, freeze_bn)
         self.classifier = nn.Conv2d(self.feature_dim, num_classes + 1, 1, bias=False)
         nn.init.xavier_uniform_(self.classifier.weight)
@@ -236,11 +248,21 @@ def build_cam_model(name: str, cfg: dict, num_classes: int) -> _CamBase:
     if missing:
         raise ValueError(f"wsss.{name}: missing key(s) {', '.join(missing)}")
     backbone = build_backbone(cfg["backbone"], int(cfg["output_stride"]), str(cfg["pretrained"]))
-    common = {"output_stride": int(cfg["output_stride"]), "dropout": float(cfg["dropout"]),
-                  "freeze_bn": bool(cfg["freeze_bn"]) and str(cfg["pretrained"]) != "none"}
+    common = {
+        "output_stride": int(cfg["output_stride"]),
+        "dropout": float(cfg["dropout"]),
+        "freeze_bn": bool(cfg["freeze_bn"]) and str(cfg["pretrained"]) != "none",
+    }
     if name == "vwe":
-        return VweNet(backbone, num_classes, num_words=int(cfg["num_words"]), pyramid_levels=cfg["pyramid_levels"],
-                      gamma=float(cfg["gamma"]), detach_word_features=bool(cfg["detach_word_features"]), **common)
+        return VweNet(
+            backbone,
+            num_classes,
+            num_words=int(cfg["num_words"]),
+            pyramid_levels=cfg["pyramid_levels"],
+            gamma=float(cfg["gamma"]),
+            detach_word_features=bool(cfg["detach_word_features"]),
+            **common,
+        )
     return CAM_NETWORKS[name](backbone, num_classes, **common)
 
 

@@ -84,7 +84,7 @@ class IsCamObjective(CamObjective):
     background label 1). The authors' code leaves the background out of the sampled term but
     keeps it, at weight 1 whatever λ, in a max-pooling term on SEAM's revised CAMs, which is not
     part of this baseline; without any background term and λ = 1 nothing stops a present class
-    from covering the whole image (zero loss), which is what happened on the demo data. The
+    from covering the whole image (zero loss; docs/lab-notes.md, IS-CAM). The
     feature similarity loss is computed in float32 (AMP off) on the CAM map's grid against the
     image's RGB averaged over each cell.
 
@@ -99,8 +99,7 @@ class IsCamObjective(CamObjective):
         learn_sigma_mu: learn σ and μ by gradient descent on the loss (paper Sec. 3.3) or keep
             them fixed (authors' code, the default here): ∂L_fs/∂μ = -(1/N) Σ w g (1 - f²) ≤ 0, so
             descent raises μ without bound, every pair becomes "dissimilar" and the loss rewards
-            neighbouring pixels with different predictions (on the demo data μ went 2.5 → 5.8
-            and the pseudo-label mIoU collapsed).
+            neighbouring pixels with different predictions (docs/lab-notes.md, IS-CAM).
         normalisation: ``pairs`` (Eq. 6 as printed) or ``pixels`` (authors' code), see
             :func:`pipeline.wsss.iscam.feature_similarity_loss`.
         head_lr_mult: learning-rate multiplier of the classifier (and of σ, μ when learned).
@@ -108,9 +107,17 @@ class IsCamObjective(CamObjective):
 
     name = "iscam"
 
-    def __init__(self, lam: float = 1.0, num_samples: int = 1, fs_weight: float = 1.0, sigma: float = 5.0,
-                 mu: float = 2.5, learn_sigma_mu: bool = False, normalisation: str = "pixels",
-                 head_lr_mult: float = 10.0):
+    def __init__(
+        self,
+        lam: float = 1.0,
+        num_samples: int = 1,
+        fs_weight: float = 1.0,
+        sigma: float = 5.0,
+        mu: float = 2.5,
+        learn_sigma_mu: bool = False,
+        normalisation: str = "pixels",
+        head_lr_mult: float = 10.0,
+    ):
         super().__init__(head_lr_mult)
         if not 0.0 <= lam <= 1.0:
             raise ValueError(f"wsss.iscam.lambda_is={lam}: must lie in [0, 1]")
@@ -119,9 +126,16 @@ class IsCamObjective(CamObjective):
 
     @classmethod
     def from_config(cls, cfg: dict, head_lr_mult: float) -> IsCamObjective:
-        return cls(float(cfg["lambda_is"]), int(cfg["num_samples"]), float(cfg["fs_weight"]),
-                   float(cfg["sigma_init"]), float(cfg["mu_init"]), bool(cfg["learn_sigma_mu"]),
-                   str(cfg["fs_normalisation"]), head_lr_mult)
+        return cls(
+            float(cfg["lambda_is"]),
+            int(cfg["num_samples"]),
+            float(cfg["fs_weight"]),
+            float(cfg["sigma_init"]),
+            float(cfg["mu_init"]),
+            bool(cfg["learn_sigma_mu"]),
+            str(cfg["fs_normalisation"]),
+            head_lr_mult,
+        )
 
     def modules(self) -> dict[str, nn.Module]:
         return {"feature_similarity": self.similarity}
@@ -171,4 +185,12 @@ def build_cam_objective(name: str, cfg: dict, train: dict) -> CamObjective:
         raise ValueError(f"{section}.{name}: missing key {err.args[0]!r}") from err
 
 
-__all__ = ["CAM_OBJECTIVES", "CamObjective", "IsCamObjective", "VweObjective", "build_cam_objective", "cam_param_groups", "rgb_at"]
+__all__ = [
+    "CAM_OBJECTIVES",
+    "CamObjective",
+    "IsCamObjective",
+    "VweObjective",
+    "build_cam_objective",
+    "cam_param_groups",
+    "rgb_at",
+]

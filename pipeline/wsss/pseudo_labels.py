@@ -89,8 +89,13 @@ def multiscale_cams(net: nn.Module, image: Tensor, scales: Sequence[float] = (1.
     for scale in scales:
         scaled = image
         if scale != 1.0:
-            scaled = F.interpolate(image, size=(max(1, round(height * scale)), max(1, round(width * scale))),
-                                   mode="bilinear", align_corners=False, antialias=scale < 1.0)
+            scaled = F.interpolate(
+                image,
+                size=(max(1, round(height * scale)), max(1, round(width * scale))),
+                mode="bilinear",
+                align_corners=False,
+                antialias=scale < 1.0,
+            )
         batch = torch.cat([scaled, scaled.flip(-1)]) if flip else scaled
         cams = net.cams(batch).float()
         cams = F.interpolate(cams, size=size, mode="bilinear", align_corners=False)
@@ -131,8 +136,14 @@ def condition_on_labels(probs: Tensor, labelled: Tensor, eps: float = 1e-8) -> T
     return kept / kept.sum(0, keepdim=True).clamp_min(eps)
 
 
-def pseudo_label(cams: Tensor, labelled: Tensor, new_classes: Sequence[int], size: tuple[int, int],
-                 threshold: float | None = None, background: Tensor | None = None) -> np.ndarray:
+def pseudo_label(
+    cams: Tensor,
+    labelled: Tensor,
+    new_classes: Sequence[int],
+    size: tuple[int, int],
+    threshold: float | None = None,
+    background: Tensor | None = None,
+) -> np.ndarray:
     """Hard pseudo-label at image resolution from (normalised) CAMs of the new classes.
 
     Scores are resized (bilinear) to ``size``; each pixel gets the argmax over [background,
@@ -154,8 +165,10 @@ def pseudo_label(cams: Tensor, labelled: Tensor, new_classes: Sequence[int], siz
     if (threshold is None) == (background is None):
         raise ValueError("pseudo_label: give exactly one of threshold (constant) or background (map)")
     if cams.dim() != 3 or cams.shape[0] != len(new_classes) or labelled.shape != (len(new_classes),):
-        raise ValueError(f"cams {tuple(cams.shape)}, labelled {tuple(labelled.shape)}: expected (K, h, w) and (K,) "
-                         f"with K = {len(new_classes)} new classes")
+        raise ValueError(
+            f"cams {tuple(cams.shape)}, labelled {tuple(labelled.shape)}: expected (K, h, w) and (K,) "
+            f"with K = {len(new_classes)} new classes"
+        )
     scores = F.interpolate(cams[None].float(), size=size, mode="bilinear", align_corners=False)[0]
     scores = scores.masked_fill(~labelled.bool()[:, None, None], float("-inf"))
     if background is None:
@@ -167,8 +180,9 @@ def pseudo_label(cams: Tensor, labelled: Tensor, new_classes: Sequence[int], siz
     return lut[winner].cpu().numpy()
 
 
-def image_pseudo_label(net: nn.Module, image: Tensor, labels: Sequence[int], new_classes: Sequence[int],
-                       cfg: Mapping) -> dict[str, np.ndarray]:
+def image_pseudo_label(
+    net: nn.Module, image: Tensor, labels: Sequence[int], new_classes: Sequence[int], cfg: Mapping
+) -> dict[str, np.ndarray]:
     """The cache entry of one image (see the module docstring).
 
     Args:
@@ -217,12 +231,18 @@ def expected_provenance(cam: str, model_path: str | Path, split: Mapping, cam_cf
         raise FileNotFoundError(f"{model_path}: CAM model file not found")
     channel = cam == "iscam"
     return {
-        "kind": "wsss_pseudo_labels", "cam": cam, "model_sha256": file_sha256(model_path),
-        "task": split["task"], "protocol": split["protocol"], "step": int(split["step"]),
+        "kind": "wsss_pseudo_labels",
+        "cam": cam,
+        "model_sha256": file_sha256(model_path),
+        "task": split["task"],
+        "protocol": split["protocol"],
+        "step": int(split["step"]),
         "new_classes": [int(c) for c in split["new_classes"]],
         "background": "channel" if channel else "threshold",
         "threshold": None if channel else float(cam_cfg["threshold"]),
-        "scales": [float(s) for s in cam_cfg["scales"]], "flip": bool(cam_cfg["flip"]), "version": __version__,
+        "scales": [float(s) for s in cam_cfg["scales"]],
+        "flip": bool(cam_cfg["flip"]),
+        "version": __version__,
     }
 
 
@@ -245,17 +265,24 @@ def read_pseudo_label(reader: CacheReader, image_id: str) -> np.ndarray:
         raise CacheError(f"{reader.path}: image {image_id!r} has no 'label' dataset (keys: {sorted(group)})")
     label = group["label"][()]
     if label.dtype != np.uint8 or label.ndim != 2:
-        raise CacheError(f"{reader.path}: image {image_id!r}: 'label' is {label.dtype} {label.shape}, expected (H, W) uint8")
+        raise CacheError(
+            f"{reader.path}: image {image_id!r}: 'label' is {label.dtype} {label.shape}, expected (H, W) uint8"
+        )
     return label
 
 
 # --- stage --------------------------------------------------------------------------------------
 
 
-
-
-def write_cache(net: nn.Module, split: dict, data_index: str, out: str | Path, provenance: dict, cam_cfg: Mapping,
-                device: torch.device) -> None:
+def write_cache(
+    net: nn.Module,
+    split: dict,
+    data_index: str,
+    out: str | Path,
+    provenance: dict,
+    cam_cfg: Mapping,
+    device: torch.device,
+) -> None:
     """Pseudo-label every image of the split into ``out`` (resumable; finished atomically)."""
     dataset = step_dataset(data_index, split["ids"], transform=None)
     normalise = EvalTransform()
@@ -285,9 +312,12 @@ def measure_quality(out: str | Path, provenance: dict, split: dict, data_index: 
     return quality.result()
 
 
-
-
-
-
-__all__ = ["condition_on_labels", "expected_provenance", "image_pseudo_label", "multiscale_cams", "normalise_cams",
-           "pseudo_label", "read_pseudo_label"]
+__all__ = [
+    "condition_on_labels",
+    "expected_provenance",
+    "image_pseudo_label",
+    "multiscale_cams",
+    "normalise_cams",
+    "pseudo_label",
+    "read_pseudo_label",
+]

@@ -184,14 +184,17 @@ def multilabel_soft_margin_loss(logits: Tensor, targets: Tensor) -> Tensor:
         ValueError: shapes differ or are not 2-D.
     """
     if logits.dim() != 2 or logits.shape != targets.shape:
-        raise ValueError(f"logits {tuple(logits.shape)} and targets {tuple(targets.shape)}: expected equal (B, L) shapes")
+        raise ValueError(
+            f"logits {tuple(logits.shape)} and targets {tuple(targets.shape)}: expected equal (B, L) shapes"
+        )
     logits, targets = logits.float(), targets.float()
     per_class = targets * F.logsigmoid(logits) + (1.0 - targets) * F.logsigmoid(-logits)
     return -per_class.mean()
 
 
-def vwe_loss(image_logits: Tensor, image_labels: Tensor, word_logits: Tensor, word_targets: Tensor,
-             w2i_logits: Tensor) -> dict[str, Tensor]:
+def vwe_loss(
+    image_logits: Tensor, image_labels: Tensor, word_logits: Tensor, word_targets: Tensor, w2i_logits: Tensor
+) -> dict[str, Tensor]:
     """The three terms of the VWE objective (VWE Eq. 9); their sum is the loss.
 
     L = L_cls(p^img, y^img) + L_cls(p^word, y^word) + L_cls(p^w2i, y^img).
@@ -265,7 +268,16 @@ def fuse_cams(image_cams: Tensor, word_cams: Tensor) -> Tensor:
 
 
 __all__ = [
-    "class_activation_maps", "fuse_cams", "global_average_pool", "hspp", "multilabel_soft_margin_loss",
-    "pyramid_max_pool", "vwe_loss", "word_activation_maps", "word_frequency", "word_labels",
-    "word_probabilities", "word_similarity",
+    "class_activation_maps",
+    "fuse_cams",
+    "global_average_pool",
+    "hspp",
+    "multilabel_soft_margin_loss",
+    "pyramid_max_pool",
+    "vwe_loss",
+    "word_activation_maps",
+    "word_frequency",
+    "word_labels",
+    "word_probabilities",
+    "word_similarity",
 ]

@@ -5,5 +5,15 @@ old-class instances is pasted into the step's images. Objective: ``method.py``; 
 
 from pipeline.methods.registry import MethodSpec, declare
 
-declare(MethodSpec("fmwiss", label="FMWISS", order=80, supervision="image", reads=("coseg", "memory"),
-                   paper="Yu et al., CVPR 2023", equations="Eq. 1-12"), package=__name__)
+declare(
+    MethodSpec(
+        "fmwiss",
+        label="FMWISS",
+        order=80,
+        supervision="image",
+        reads=("coseg", "memory"),
+        paper="Yu et al., CVPR 2023",
+        equations="Eq. 1-12",
+    ),
+    package=__name__,
+)

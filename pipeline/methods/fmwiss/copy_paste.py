@@ -30,9 +30,15 @@ def _resize_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return out if out.any() else coverage >= coverage.max()
 
 
-def copy_paste(image: np.ndarray, mask: np.ndarray, bank: MemoryBank, rng: np.random.Generator,
-               prob: float = 0.5, scale_range: tuple[float, float] = (1.0, 1.0),
-               classes: Iterable[int] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def copy_paste(
+    image: np.ndarray,
+    mask: np.ndarray,
+    bank: MemoryBank,
+    rng: np.random.Generator,
+    prob: float = 0.5,
+    scale_range: tuple[float, float] = (1.0, 1.0),
+    classes: Iterable[int] | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Memory-based copy-paste augmentation (FMWISS Sec. 3.4, Fig. 4; the targets of Eq. 9).
 
     With probability ``prob`` (0.5 in FMWISS Sec. 4.5.4), one instance drawn by
@@ -80,7 +86,7 @@ def copy_paste(image: np.ndarray, mask: np.ndarray, bank: MemoryBank, rng: np.ra
         h, w = size
     top = int(rng.integers(height - h + 1))
     left = int(rng.integers(width - w + 1))
-    region = np.s_[top: top + h, left: left + w]
+    region = np.s_[top : top + h, left : left + w]
     image[region][crop_mask] = crop[crop_mask]
     mask[region][crop_mask] = c
     pasted[region][crop_mask] = c

@@ -34,8 +34,16 @@ class CosegLabelled(Dataset):
         memory_path: the memory bank (None: no copy-paste); paste_prob: probability of a paste.
     """
 
-    def __init__(self, images: Dataset, coseg_path: str, coseg_cfg: dict, new_classes: list[int],
-                 memory_path: str | None, paste_prob: float, transform):
+    def __init__(
+        self,
+        images: Dataset,
+        coseg_path: str,
+        coseg_cfg: dict,
+        new_classes: list[int],
+        memory_path: str | None,
+        paste_prob: float,
+        transform,
+    ):
         self.images, self.transform = images, transform
         self.cfg, self.new_classes, self.paste_prob = coseg_cfg, list(new_classes), paste_prob
         self.cache = lazy_cache(coseg_path, expected_provenance(coseg_cfg))
@@ -67,17 +75,38 @@ class CosegLabelled(Dataset):
             rng = np.random.default_rng(int(torch.randint(2**31 - 1, ())))  # seeded by the loop per epoch
             image, mask, pasted = copy_paste(image, mask, bank, rng, prob=self.paste_prob)
             pseudo[:, pasted > 0] = 0
-        out = self.transform({"id": image_id, "image": image, "mask": np.zeros(size, dtype=np.uint8),
-                              "extra": np.concatenate([pseudo, pasted[None]])})
+        out = self.transform(
+            {
+                "id": image_id,
+                "image": image,
+                "mask": np.zeros(size, dtype=np.uint8),
+                "extra": np.concatenate([pseudo, pasted[None]]),
+            }
+        )
         extra = out.pop("extra")
         return {**out, "pseudo": extra[:-1].float(), "pasted": extra[-1]}
 
 
-def coseg_dataset(data_index: str, split: dict, train: dict, num_classes: int, coseg_path: str, coseg_cfg: dict,
-                  memory_path: str | None, paste_prob: float) -> Dataset:
+def coseg_dataset(
+    data_index: str,
+    split: dict,
+    train: dict,
+    num_classes: int,
+    coseg_path: str,
+    coseg_cfg: dict,
+    memory_path: str | None,
+    paste_prob: float,
+) -> Dataset:
     """FMWISS's training samples: ``labels`` (|Y^t|,), ``pseudo`` (|C^t|, h, w) float {0, 1},
     ``pasted`` (h, w) int64 and ``valid`` (h, w) bool (False on the crop padding)."""
     transform = TrainTransform(train["crop_size"], tuple(train["scale_range"]))
-    dataset = CosegLabelled(step_dataset(data_index, split["ids"], None), coseg_path, coseg_cfg,
-                            new_classes(split["task"], int(split["step"])), memory_path, paste_prob, transform)
+    dataset = CosegLabelled(
+        step_dataset(data_index, split["ids"], None),
+        coseg_path,
+        coseg_cfg,
+        new_classes(split["task"], int(split["step"])),
+        memory_path,
+        paste_prob,
+        transform,
+    )
     return WithImageLabels(NamedTargets(dataset, "valid"), split["labels"], num_classes)

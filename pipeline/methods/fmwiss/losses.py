@@ -3,7 +3,7 @@ Semantic Segmentation", CVPR 2023, Sec. 3.3-3.5), one function per equation.
 
 Notation (paper Sec. 3): Y^t are the classes seen at step t (channel 0 background, then the old
 classes, then the new classes C^t as the last channels, the order of
-:class:`pipeline.models.segmenter.IncrementalClassifier`); Y^{t-1} = the first ``num_old``
+:class:`pipeline.models.segmenter.IncrementalClassifier`); Y^{t-1} = the first ``num_old_channels``
 channels (background + old classes). ``T`` are the logits of the plug-in ASPP teacher
 (:class:`pipeline.methods.fmwiss.teacher.ASPPTeacher`), ``f^{t-1}`` the frozen model of step t-1, ``f^t``
 the segmentation model being trained (the student). ``M_refine`` (``pseudo``) are the fused
@@ -53,22 +53,22 @@ def _check_valid(valid: Tensor | None, like: Tensor) -> Tensor | None:
 def _check_new_classes(new_classes: Sequence[int], num_channels: int) -> list[int]:
     """The new classes must be the last channels, in order (incremental classifier layout)."""
     new_classes = [int(c) for c in new_classes]
-    num_old = num_channels - len(new_classes)
-    if not new_classes or new_classes != list(range(num_old, num_channels)) or num_old < 1:
+    num_old_channels = num_channels - len(new_classes)
+    if not new_classes or new_classes != list(range(num_old_channels, num_channels)) or num_old_channels < 1:
         raise ValueError(
-            f"new_classes={new_classes}: must be the last channels {list(range(max(num_old, 1), num_channels))} "
+            f"new_classes={new_classes}: must be the last channels {list(range(max(num_old_channels, 1), num_channels))} "
             f"of the {num_channels} logits, after at least the background"
         )
     return new_classes
 
 
-def _check_pasted(pasted: Tensor, batch: int, size: tuple[int, int], num_old: int) -> Tensor:
+def _check_pasted(pasted: Tensor, batch: int, size: tuple[int, int], num_old_channels: int) -> Tensor:
     if pasted.shape != (batch, *size):
         raise ValueError(f"pasted: expected shape {(batch, *size)}, got {tuple(pasted.shape)}")
     pasted = pasted.long()
-    if pasted.numel() and (int(pasted.min()) < 0 or int(pasted.max()) >= num_old):
+    if pasted.numel() and (int(pasted.min()) < 0 or int(pasted.max()) >= num_old_channels):
         raise ValueError(
-            f"pasted: values must be 0 (not pasted) or an old class in [1, {num_old}), "
+            f"pasted: values must be 0 (not pasted) or an old class in [1, {num_old_channels}), "
             f"got range [{int(pasted.min())}, {int(pasted.max())}]"
         )
     return pasted
@@ -87,8 +87,9 @@ def _mean_bce(logits: Tensor, target: Tensor, valid: Tensor | None, classes: str
 # --- Sec. 3.3: the teacher on the new classes ----------------------------------------------------
 
 
-def new_class_bce_loss(teacher_logits: Tensor, pseudo: Tensor, new_classes: Sequence[int],
-                       valid: Tensor | None = None) -> Tensor:
+def new_class_bce_loss(
+    teacher_logits: Tensor, pseudo: Tensor, new_classes: Sequence[int], valid: Tensor | None = None
+) -> Tensor:
     """Pixel-wise BCE of the teacher's new classes against the fused masks, L_BCE^new (FMWISS Eq. 6).
 
     -1/(|C^t||I|) sum_i sum_{c in C^t} [M_i^c log p_i^c + (1 - M_i^c) log(1 - p_i^c)], p = σ(T):
@@ -114,13 +115,16 @@ def new_class_bce_loss(teacher_logits: Tensor, pseudo: Tensor, new_classes: Sequ
     b, c, h, w = teacher_logits.shape
     new = _check_new_classes(new_classes, c)
     if pseudo.shape != (b, len(new), h, w):
-        raise ValueError(f"pseudo: expected shape {(b, len(new), h, w)} (one channel per new class at the "
-                         f"teacher's upsampled resolution), got {tuple(pseudo.shape)}")
-    return _mean_bce(teacher_logits[:, new[0]:], pseudo, _check_valid(valid, teacher_logits))
+        raise ValueError(
+            f"pseudo: expected shape {(b, len(new), h, w)} (one channel per new class at the "
+            f"teacher's upsampled resolution), got {tuple(pseudo.shape)}"
+        )
+    return _mean_bce(teacher_logits[:, new[0] :], pseudo, _check_valid(valid, teacher_logits))
 
 
-def contrastive_pixel_classes(pseudo: Tensor, pasted: Tensor, new_classes: Sequence[int],
-                              valid: Tensor | None = None, background: int = 0) -> Tensor:
+def contrastive_pixel_classes(
+    pseudo: Tensor, pasted: Tensor, new_classes: Sequence[int], valid: Tensor | None = None, background: int = 0
+) -> Tensor:
     """The class of each pixel for the dense contrastive loss (FMWISS Eq. 7, "pseudo annotation").
 
     The paper defines positives/negatives by the pixels' pseudo-labels but does not say which
@@ -164,8 +168,9 @@ def contrastive_pixel_classes(pseudo: Tensor, pasted: Tensor, new_classes: Seque
     return classes
 
 
-def sample_class_points(pixel_classes: Tensor, points_per_class: int = 10,
-                        generator: torch.Generator | None = None) -> Tensor:
+def sample_class_points(
+    pixel_classes: Tensor, points_per_class: int = 10, generator: torch.Generator | None = None
+) -> Tensor:
     """Pick up to ``points_per_class`` pixels of every class present in the mini-batch (FMWISS
     Sec. 3.3, after Eq. 7: "ten points for each contained class of the current mini-batch").
 
@@ -193,8 +198,8 @@ def sample_class_points(pixel_classes: Tensor, points_per_class: int = 10,
         return candidates
     device = generator.device if generator is not None else flat.device
     keys = torch.rand(candidates.numel(), generator=generator, device=device).to(flat.device)
-    shuffled = candidates[keys.argsort()]                                  # random order ...
-    grouped = shuffled[flat[shuffled].argsort(stable=True)]                # ... within each class
+    shuffled = candidates[keys.argsort()]  # random order ...
+    grouped = shuffled[flat[shuffled].argsort(stable=True)]  # ... within each class
     _, counts = torch.unique_consecutive(flat[grouped], return_counts=True)
     starts = torch.cumsum(counts, 0) - counts
     rank = torch.arange(grouped.numel(), device=flat.device) - torch.repeat_interleave(starts, counts)
@@ -229,14 +234,14 @@ def dense_contrastive_loss(embeddings: Tensor, classes: Tensor, tau: float = 0.1
     if tau <= 0:
         raise ValueError(f"tau={tau}: must be > 0")
     z = embeddings.float()
-    with torch.autocast(z.device.type, enabled=False):                      # float32 even under AMP
-        sim = z @ z.t() / tau                                               # (N, N): i·q / τ
+    with torch.autocast(z.device.type, enabled=False):  # float32 even under AMP
+        sim = z @ z.t() / tau  # (N, N): i·q / τ
     same = classes[:, None] == classes[None, :]
     positive = same & ~torch.eye(len(classes), dtype=torch.bool, device=z.device)
     negative = ~same
-    lowest = torch.finfo(sim.dtype).min                                     # exp(lowest) = 0, no NaN gradients
+    lowest = torch.finfo(sim.dtype).min  # exp(lowest) = 0, no NaN gradients
     log_negatives = sim.masked_fill(~negative, lowest).logsumexp(dim=1, keepdim=True)  # log sum_{N_i} exp
-    per_pair = torch.logaddexp(sim, log_negatives) - sim                    # -log(e^s+ / (e^s+ + sum e^s-))
+    per_pair = torch.logaddexp(sim, log_negatives) - sim  # -log(e^s+ / (e^s+ + sum e^s-))
     num_positives = positive.sum(dim=1)
     per_anchor = (per_pair * positive).sum(dim=1) / num_positives.clamp(min=1)
     anchors = num_positives > 0
@@ -291,10 +296,10 @@ def old_class_targets(old_logits: Tensor, pasted: Tensor, one_hot: bool = True) 
         ValueError: not 4-D, ``pasted`` of the wrong shape or with a value outside [0, |Y^{t-1}|).
     """
     _check_maps("old_logits", old_logits)
-    b, num_old, h, w = old_logits.shape
-    pasted = _check_pasted(pasted, b, (h, w), num_old)
+    b, num_old_channels, h, w = old_logits.shape
+    pasted = _check_pasted(pasted, b, (h, w), num_old_channels)
     target = torch.sigmoid(old_logits.detach())
-    is_pasted = (pasted > 0)[:, None]                                       # (B, 1, H, W)
+    is_pasted = (pasted > 0)[:, None]  # (B, 1, H, W)
     hit = torch.zeros_like(target, dtype=torch.bool).scatter_(1, pasted[:, None], is_pasted)  # channel k there
     if one_hot:
         return torch.where(is_pasted, hit.to(target.dtype), target)
@@ -307,8 +312,10 @@ def _check_teacher_and_old(teacher_logits: Tensor, old_target: Tensor) -> tuple[
     _check_maps("old_target", old_target)
     b, c, h, w = teacher_logits.shape
     if (old_target.shape[0], *old_target.shape[2:]) != (b, h, w):
-        raise ValueError(f"old_target {tuple(old_target.shape)} vs teacher_logits {tuple(teacher_logits.shape)}: "
-                         "batch and (H, W) must match")
+        raise ValueError(
+            f"old_target {tuple(old_target.shape)} vs teacher_logits {tuple(teacher_logits.shape)}: "
+            "batch and (H, W) must match"
+        )
     return c, old_target.shape[1]
 
 
@@ -329,17 +336,25 @@ def old_class_bce_loss(teacher_logits: Tensor, old_target: Tensor, valid: Tensor
     Raises:
         ValueError: not 4-D, batch or spatial sizes differ, |Y^{t-1}| ≥ |Y^t|, or bad ``valid``.
     """
-    c, num_old = _check_teacher_and_old(teacher_logits, old_target)
-    if num_old >= c:
-        raise ValueError(f"old_target has {num_old} channels, the teacher only {c} (needs new ones after them)")
-    return _mean_bce(teacher_logits[:, :num_old], old_target, _check_valid(valid, teacher_logits))
+    c, num_old_channels = _check_teacher_and_old(teacher_logits, old_target)
+    if num_old_channels >= c:
+        raise ValueError(
+            f"old_target has {num_old_channels} channels, the teacher only {c} (needs new ones after them)"
+        )
+    return _mean_bce(teacher_logits[:, :num_old_channels], old_target, _check_valid(valid, teacher_logits))
 
 
 # --- Sec. 3.5: distilling the teacher and the old model into the student --------------------------
 
 
-def distillation_targets(teacher_logits: Tensor, old_target: Tensor, new_classes: Sequence[int],
-                         alpha: float = 0.5, beta: float = 0.9, image_labels: Tensor | None = None) -> Tensor:
+def distillation_targets(
+    teacher_logits: Tensor,
+    old_target: Tensor,
+    new_classes: Sequence[int],
+    alpha: float = 0.5,
+    beta: float = 0.9,
+    image_labels: Tensor | None = None,
+) -> Tensor:
     """Soft pixel targets q of the segmentation model (FMWISS Eq. 10).
 
     q^c = α |T|_hard^c + (1 - α) σ(T^c) for the new classes c in C^t;
@@ -367,10 +382,10 @@ def distillation_targets(teacher_logits: Tensor, old_target: Tensor, new_classes
         ValueError: not 4-D, sizes differ, ``new_classes`` not the last channels after the
             |Y^{t-1}| old ones, α or β outside [0, 1], or ``image_labels`` not (B, |Y^t|).
     """
-    c, num_old = _check_teacher_and_old(teacher_logits, old_target)
+    c, num_old_channels = _check_teacher_and_old(teacher_logits, old_target)
     new = _check_new_classes(new_classes, c)
-    if new[0] != num_old:
-        raise ValueError(f"new_classes={new}: must start right after the {num_old} old channels")
+    if new[0] != num_old_channels:
+        raise ValueError(f"new_classes={new}: must start right after the {num_old_channels} old channels")
     for name, value in (("alpha", alpha), ("beta", beta)):
         if not 0.0 <= value <= 1.0:
             raise ValueError(f"{name}={value}: must be in [0, 1]")
@@ -381,17 +396,18 @@ def distillation_targets(teacher_logits: Tensor, old_target: Tensor, new_classes
     if image_labels is not None:
         if image_labels.shape != (b, c):
             raise ValueError(f"image_labels: expected shape {(b, c)}, got {tuple(image_labels.shape)}")
-        keep[:, num_old:] = image_labels[:, num_old:].to(logits.device) != 0
+        keep[:, num_old_channels:] = image_labels[:, num_old_channels:].to(logits.device) != 0
     keep = keep[:, :, None, None]
     ranked = logits.masked_fill(~keep, float("-inf"))
     hard = torch.zeros_like(probs).scatter_(1, ranked.argmax(dim=1, keepdim=True), 1.0)
     new_q = (alpha * hard + (1.0 - alpha) * probs) * keep.to(probs.dtype)
-    old_q = beta * old_target.detach().to(probs.dtype) + (1.0 - beta) * probs[:, :num_old]
-    return torch.cat([old_q, new_q[:, num_old:]], dim=1)
+    old_q = beta * old_target.detach().to(probs.dtype) + (1.0 - beta) * probs[:, :num_old_channels]
+    return torch.cat([old_q, new_q[:, num_old_channels:]], dim=1)
 
 
-def all_class_bce_loss(student_logits: Tensor, target: Tensor, valid: Tensor | None = None,
-                       class_reduction: str = "mean") -> Tensor:
+def all_class_bce_loss(
+    student_logits: Tensor, target: Tensor, valid: Tensor | None = None, class_reduction: str = "mean"
+) -> Tensor:
     """Pixel-wise BCE of the segmentation model against q over every seen class, L_BCE^all
     (FMWISS Eq. 11).
 
@@ -414,15 +430,17 @@ def all_class_bce_loss(student_logits: Tensor, target: Tensor, valid: Tensor | N
     """
     _check_maps("student_logits", student_logits)
     if target.shape != student_logits.shape:
-        raise ValueError(f"target {tuple(target.shape)} vs student_logits {tuple(student_logits.shape)}: "
-                         "shapes must match")
+        raise ValueError(
+            f"target {tuple(target.shape)} vs student_logits {tuple(student_logits.shape)}: shapes must match"
+        )
     if class_reduction not in ("mean", "sum"):
         raise ValueError(f"class_reduction={class_reduction!r}: expected 'mean' (Eq. 11) or 'sum' (WILSON Eq. 8)")
     return _mean_bce(student_logits, target, _check_valid(valid, student_logits), class_reduction)
 
 
-def overall_loss_terms(new_bce: Tensor, dcl: Tensor, old_bce: Tensor, all_bce: Tensor | None = None,
-                       lambda_dcl: float = 0.1) -> dict[str, Tensor]:
+def overall_loss_terms(
+    new_bce: Tensor, dcl: Tensor, old_bce: Tensor, all_bce: Tensor | None = None, lambda_dcl: float = 0.1
+) -> dict[str, Tensor]:
     """The weighted terms of L_overall = L_BCE^new + λ L_DCL^new + L_BCE^old + L_BCE^all (FMWISS Eq. 12).
 
     Returned as named terms (the training loop logs each and back-propagates their sum); the

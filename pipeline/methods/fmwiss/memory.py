@@ -70,8 +70,9 @@ def _check_classes(classes: Iterable[int]) -> list[int]:
     return out
 
 
-def _instances(label: np.ndarray, classes: Sequence[int], min_area: int
-               ) -> Iterator[tuple[int, tuple[slice, slice], np.ndarray, int]]:
+def _instances(
+    label: np.ndarray, classes: Sequence[int], min_area: int
+) -> Iterator[tuple[int, tuple[slice, slice], np.ndarray, int]]:
     """(class, bbox slices, component mask in the box, area) of each kept component."""
     counts = np.bincount(label.ravel(), minlength=256)
     for c in classes:
@@ -84,8 +85,9 @@ def _instances(label: np.ndarray, classes: Sequence[int], min_area: int
                 yield c, box, components[box] == index, int(areas[index])
 
 
-def extract_instances(image: np.ndarray, label: np.ndarray, classes: Iterable[int],
-                      min_area: int = 0) -> list[Instance]:
+def extract_instances(
+    image: np.ndarray, label: np.ndarray, classes: Iterable[int], min_area: int = 0
+) -> list[Instance]:
     """Foreground instances of an image: connected components of each class mask, box-cropped.
 
     Args:
@@ -112,8 +114,9 @@ def check_image_label(image: np.ndarray, label: np.ndarray, where: str = "") -> 
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise ValueError(f"{where}image must be (H, W, 3) uint8, got {image.shape} {image.dtype}")
     if label.shape != image.shape[:2] or label.dtype != np.uint8:
-        raise ValueError(f"{where}label must be (H, W) uint8 matching the image {image.shape[:2]}, "
-                         f"got {label.shape} {label.dtype}")
+        raise ValueError(
+            f"{where}label must be (H, W) uint8 matching the image {image.shape[:2]}, got {label.shape} {label.dtype}"
+        )
 
 
 class _Reservoir:
@@ -132,9 +135,13 @@ class _Reservoir:
         self.seen += 1
 
 
-def sample_instances(sources: Iterable[tuple[str, np.ndarray, np.ndarray]], classes: Iterable[int],
-                     per_class: int = 50, seed: int = 0, min_area: int = 0
-                     ) -> tuple[dict[int, list[dict]], dict[int, int]]:
+def sample_instances(
+    sources: Iterable[tuple[str, np.ndarray, np.ndarray]],
+    classes: Iterable[int],
+    per_class: int = 50,
+    seed: int = 0,
+    min_area: int = 0,
+) -> tuple[dict[int, list[dict]], dict[int, int]]:
     """Up to ``per_class`` instances per class, uniformly at random among all candidates.
 
     Args:
@@ -161,8 +168,10 @@ def sample_instances(sources: Iterable[tuple[str, np.ndarray, np.ndarray]], clas
         check_image_label(image, label, f"image {image_id!r}: ")
         for c, box, mask, area in _instances(label, classes, min_area):
             bbox = [box[0].start, box[1].start, box[0].stop, box[1].stop]
-            reservoirs[c].offer((position, {"image": image[box].copy(), "mask": mask, "source": image_id,
-                                            "area": area, "bbox": bbox}), rng)
+            reservoirs[c].offer(
+                (position, {"image": image[box].copy(), "mask": mask, "source": image_id, "area": area, "bbox": bbox}),
+                rng,
+            )
             position += 1
     archives = {c: [item for _, item in sorted(r.items, key=lambda pair: pair[0])] for c, r in reservoirs.items()}
     return archives, {c: r.seen for c, r in reservoirs.items()}
@@ -174,28 +183,51 @@ def _put_archives(writer: CacheWriter, archives: Mapping[int, list[dict]]) -> No
             key = instance_key(c, k)
             if key in writer.done:  # resumed run: same seed and sources give the same instances
                 continue
-            writer.put(key, {"image": item["image"], "mask": item["mask"].astype(np.uint8)},
-                       {"class": int(c), "source": str(item["source"]), "area": int(item["area"]),
-                        "bbox": np.asarray(item["bbox"], dtype=np.int64)})
+            writer.put(
+                key,
+                {"image": item["image"], "mask": item["mask"].astype(np.uint8)},
+                {
+                    "class": int(c),
+                    "source": str(item["source"]),
+                    "area": int(item["area"]),
+                    "bbox": np.asarray(item["bbox"], dtype=np.int64),
+                },
+            )
 
 
 def _log_counts(counts: Mapping[int, int], candidates: Mapping[int, int]) -> None:
     for c in sorted(counts):
         level = logging.WARNING if counts[c] == 0 else logging.INFO
-        log.log(level, "class %d (%s): %d instances kept of %d candidates", c, class_name(c), counts[c],
-                candidates.get(c, counts[c]))
+        log.log(
+            level,
+            "class %d (%s): %d instances kept of %d candidates",
+            c,
+            class_name(c),
+            counts[c],
+            candidates.get(c, counts[c]),
+        )
 
 
 def _finish(writer: CacheWriter, counts: Mapping[int, int], candidates: Mapping[int, int]) -> Path:
     classes = sorted(counts)
-    return writer.finish({"classes": np.asarray(classes, dtype=np.int64),
-                          "counts": np.asarray([counts[c] for c in classes], dtype=np.int64),
-                          "candidates": np.asarray([candidates[c] for c in classes], dtype=np.int64)})
+    return writer.finish(
+        {
+            "classes": np.asarray(classes, dtype=np.int64),
+            "counts": np.asarray([counts[c] for c in classes], dtype=np.int64),
+            "candidates": np.asarray([candidates[c] for c in classes], dtype=np.int64),
+        }
+    )
 
 
-def build_memory_bank(out_path: str | os.PathLike, sources: Iterable[tuple[str, np.ndarray, np.ndarray]],
-                      classes: Iterable[int], per_class: int = 50, seed: int = 0, min_area: int = 0,
-                      provenance: Mapping | None = None) -> dict[int, int]:
+def build_memory_bank(
+    out_path: str | os.PathLike,
+    sources: Iterable[tuple[str, np.ndarray, np.ndarray]],
+    classes: Iterable[int],
+    per_class: int = 50,
+    seed: int = 0,
+    min_area: int = 0,
+    provenance: Mapping | None = None,
+) -> dict[int, int]:
     """Sample B instances per class (:func:`sample_instances`) and write the bank (FMWISS Sec. 3.4).
 
     Args:
@@ -211,8 +243,14 @@ def build_memory_bank(out_path: str | os.PathLike, sources: Iterable[tuple[str, 
     classes = _check_classes(classes)
     archives, candidates = sample_instances(sources, classes, per_class, seed, min_area)
     counts = {c: len(items) for c, items in archives.items()}
-    prov = {"kind": "memory_bank", **(provenance or {}), "per_class": per_class, "min_area": min_area,
-            "seed": seed, "classes": classes}
+    prov = {
+        "kind": "memory_bank",
+        **(provenance or {}),
+        "per_class": per_class,
+        "min_area": min_area,
+        "seed": seed,
+        "classes": classes,
+    }
     with CacheWriter(out_path, prov) as writer:
         _put_archives(writer, archives)
         _finish(writer, counts, candidates)
@@ -220,10 +258,16 @@ def build_memory_bank(out_path: str | os.PathLike, sources: Iterable[tuple[str, 
     return counts
 
 
-def extend_memory_bank(previous_path: str | os.PathLike, out_path: str | os.PathLike,
-                       new_sources: Iterable[tuple[str, np.ndarray, np.ndarray]], classes: Iterable[int],
-                       per_class: int = 50, seed: int = 0, min_area: int = 0,
-                       provenance: Mapping | None = None) -> dict[int, int]:
+def extend_memory_bank(
+    previous_path: str | os.PathLike,
+    out_path: str | os.PathLike,
+    new_sources: Iterable[tuple[str, np.ndarray, np.ndarray]],
+    classes: Iterable[int],
+    per_class: int = 50,
+    seed: int = 0,
+    min_area: int = 0,
+    provenance: Mapping | None = None,
+) -> dict[int, int]:
     """The bank of the previous step plus B instances of each class learned at that step.
 
     FMWISS stops after one incremental step; for longer tasks the bank used at step t+1 is the
@@ -247,14 +291,23 @@ def extend_memory_bank(previous_path: str | os.PathLike, out_path: str | os.Path
     with MemoryBank(previous_path) as previous:
         clash = sorted(set(classes) & set(previous.classes(all_classes=True)))
         if clash:
-            raise ValueError(f"{previous_path}: class {clash[0]} is already in the memory bank; "
-                             f"extend it with the classes of the next step only")
+            raise ValueError(
+                f"{previous_path}: class {clash[0]} is already in the memory bank; "
+                f"extend it with the classes of the next step only"
+            )
         archives, candidates = sample_instances(new_sources, classes, per_class, seed, min_area)
         counts = {**previous.counts(), **{c: len(items) for c, items in archives.items()}}
         candidates = {**previous.candidates(), **candidates}
-        prov = {"kind": "memory_bank", **(provenance or {}), "per_class": per_class, "min_area": min_area,
-                "seed": seed, "classes": sorted(counts), "previous": str(previous_path),
-                "previous_provenance": previous.provenance}
+        prov = {
+            "kind": "memory_bank",
+            **(provenance or {}),
+            "per_class": per_class,
+            "min_area": min_area,
+            "seed": seed,
+            "classes": sorted(counts),
+            "previous": str(previous_path),
+            "previous_provenance": previous.provenance,
+        }
         with CacheWriter(out_path, prov) as writer:
             reader = previous.reader
             for key in reader.ids():
@@ -291,14 +344,15 @@ class MemoryBank:
             raise CacheError(f"{self.path}: no root attributes 'classes'/'counts'; not a memory bank")
         self.provenance = reader.provenance
         self._counts = {int(c): int(n) for c, n in zip(attrs["classes"], attrs["counts"])}
-        self._candidates = {int(c): int(n) for c, n in zip(attrs["classes"],
-                                                           attrs.get("candidates", attrs["counts"]))}
+        self._candidates = {int(c): int(n) for c, n in zip(attrs["classes"], attrs.get("candidates", attrs["counts"]))}
         keys = set(reader.ids())
         for c, n in self._counts.items():
             for k in range(n):
                 if instance_key(c, k) not in keys:
-                    raise CacheError(f"{self.path}: instance {instance_key(c, k)!r} of class {c} is missing "
-                                     f"(the root attributes list {n})")
+                    raise CacheError(
+                        f"{self.path}: instance {instance_key(c, k)!r} of class {c} is missing "
+                        f"(the root attributes list {n})"
+                    )
 
     @property
     def reader(self):
@@ -354,8 +408,9 @@ class MemoryBank:
         arrays = self.reader.get(instance_key(c, k))
         return arrays["image"], arrays["mask"].astype(bool)
 
-    def sample(self, rng: np.random.Generator, classes: Iterable[int] | None = None
-               ) -> tuple[int, np.ndarray, np.ndarray]:
+    def sample(
+        self, rng: np.random.Generator, classes: Iterable[int] | None = None
+    ) -> tuple[int, np.ndarray, np.ndarray]:
         """A random class archive, then a random instance of it (FMWISS Sec. 3.4).
 
         Args:
@@ -369,12 +424,21 @@ class MemoryBank:
         """
         pool = self.classes() if classes is None else sorted(c for c in {int(c) for c in classes} if self.count(c))
         if not pool:
-            raise ValueError(f"{self.path}: no instance of classes {None if classes is None else sorted(classes)} "
-                             f"in the memory bank (it holds {self.counts()})")
+            raise ValueError(
+                f"{self.path}: no instance of classes {None if classes is None else sorted(classes)} "
+                f"in the memory bank (it holds {self.counts()})"
+            )
         c = pool[int(rng.integers(len(pool)))]
         k = int(rng.integers(self.count(c)))
         return (c, *self.get(c, k))
 
 
-__all__ = ["MemoryBank", "build_memory_bank", "check_image_label", "extend_memory_bank", "extract_instances",
-           "instance_key", "sample_instances"]
+__all__ = [
+    "MemoryBank",
+    "build_memory_bank",
+    "check_image_label",
+    "extend_memory_bank",
+    "extract_instances",
+    "instance_key",
+    "sample_instances",
+]

@@ -85,36 +85,44 @@ class FMWISS(OldModelMethod):
             background target (Eq. 10) is capped at 1 - the largest new-class target, as WILSON's
             Eq. 7 takes min(σ(old)^b, q^b). Not in the paper: taken literally (False), Eq. 10 asks
             for background ≈ β·σ(old)^b ≈ 0.9 on every new object, which the old model calls
-            background, and with ground-truth ("oracle") masks the demo learned no new class at all
-            (new mIoU 0.0); see README.
+            background (docs/lab-notes.md, FMWISS).
         atrous_rates: rates of the teacher's ASPP (:func:`segmenter_atrous_rates` of the model).
         teacher_channels: D, width of the teacher's ASPP and embeddings (256).
         teacher_prior: the teacher's object classes (old and new) start at this probability
             (classifier bias log(π / (1 - π)), background bias 0), as the segmenter's new classes
             do (``classifier_init = "prior"``). The paper does not give the teacher's
             initialisation; with a zero bias every class starts at σ = 0.5 and the first
-            iterations only learn to push them all down: on the demo, after the 2-epoch warm-up,
-            the teacher's argmax was background on 100% of the new objects' pixels with bias 0, and
-            on 65% with the prior (then q^c of Eq. 10 at a new object is ≈ 0.1 and the student
-            learns no new class). None: bias 0.
+            iterations only learn to push them all down (docs/lab-notes.md). None: bias 0.
         all_bce_reduction: reduction of Eq. 11 over the classes: ``sum`` (default; WILSON's Eq. 8,
             = L_BCE^all weighted by |Y^t| in Eq. 12) or ``mean`` (Eq. 11 as printed). With the
             mean, the gradient reaching a new class's classifier is the fraction of its pixels
-            divided by |Y^t| = 21: on the demo (oracle masks, q ≈ 0.7 on the new objects) the new
-            classes' logits rose by 0.1 in 85 iterations and the student predicted none of them;
-            with the sum they rose by 3.4 and took 73% of the new objects' pixels.
+            divided by |Y^t| (docs/lab-notes.md).
     Raises:
         ValueError: bad hyper-parameters (negative warm-up or λ, τ ≤ 0, points < 1, α/β outside
             [0, 1], teacher_prior outside (0, 1), all_bce_reduction not mean/sum).
     """
 
-    classifier_init = "prior"   # sigmoid outputs (Eq. 11): new classes start at a low probability
+    classifier_init = "prior"  # sigmoid outputs (Eq. 11): new classes start at a low probability
 
-    def __init__(self, context: StepContext, in_channels: int, warmup_epochs: int = 5, lambda_dcl: float = 0.1,
-                 tau: float = 0.1, points_per_class: int = 10, alpha: float = 0.5, beta: float = 0.9,
-                 head_lr_mult: float = 10.0, restrict_to_labels: bool = True, pasted_one_hot: bool = True,
-                 suppress_background: bool = True, atrous_rates: Sequence[int] = (6, 12, 18), teacher_channels: int = 256,
-                 teacher_prior: float | None = 0.01, all_bce_reduction: str = "sum"):
+    def __init__(
+        self,
+        context: StepContext,
+        in_channels: int,
+        warmup_epochs: int = 5,
+        lambda_dcl: float = 0.1,
+        tau: float = 0.1,
+        points_per_class: int = 10,
+        alpha: float = 0.5,
+        beta: float = 0.9,
+        head_lr_mult: float = 10.0,
+        restrict_to_labels: bool = True,
+        pasted_one_hot: bool = True,
+        suppress_background: bool = True,
+        atrous_rates: Sequence[int] = (6, 12, 18),
+        teacher_channels: int = 256,
+        teacher_prior: float | None = 0.01,
+        all_bce_reduction: str = "sum",
+    ):
         if warmup_epochs < 0 or lambda_dcl < 0:
             raise ValueError(f"warmup_epochs={warmup_epochs}, lambda_dcl={lambda_dcl}: must be ≥ 0")
         if tau <= 0 or points_per_class < 1:
@@ -134,21 +142,38 @@ class FMWISS(OldModelMethod):
                 self.teacher.classifier.bias[1:] = math.log(teacher_prior / (1.0 - teacher_prior))
         self.warmup_epochs, self.lambda_dcl, self.tau = warmup_epochs, lambda_dcl, tau
         self.points_per_class, self.alpha, self.beta = points_per_class, alpha, beta
-        self.head_lr_mult, self.restrict_to_labels, self.pasted_one_hot = head_lr_mult, restrict_to_labels, pasted_one_hot
+        self.head_lr_mult, self.restrict_to_labels, self.pasted_one_hot = (
+            head_lr_mult,
+            restrict_to_labels,
+            pasted_one_hot,
+        )
         self.suppress_background = suppress_background
         self.warmup_before_training = warmup_epochs  # run by the loop before the training epochs
 
     @classmethod
-    def from_config(cls, cfg: dict[str, Any], context: StepContext | None, model: nn.Module | None,
-                    spec: MethodSpec) -> FMWISS:
+    def from_config(
+        cls, cfg: dict[str, Any], context: StepContext | None, model: nn.Module | None, spec: MethodSpec
+    ) -> FMWISS:
         """``model``: the segmenter (its last encoder stage feeds the teacher, whose ASPP takes the
         segmenter's atrous rates). ``cfg["coseg"]`` and ``cfg["paste_prob"]`` are read by
         :meth:`dataset`."""
-        method = cls(context, model.backbone.feature_info.channels()[-1], cfg["warmup_epochs"], cfg["lambda_dcl"],
-                     cfg["tau"], cfg["points_per_class"], cfg["alpha"], cfg["beta"], cfg["head_lr_mult"],
-                     restrict_to_labels=cfg["restrict_to_labels"], pasted_one_hot=cfg["pasted_one_hot"],
-                     suppress_background=cfg["suppress_background"], teacher_prior=cfg["teacher_prior"],
-                     all_bce_reduction=cfg["all_bce_reduction"], atrous_rates=segmenter_atrous_rates(model))
+        method = cls(
+            context,
+            model.backbone.feature_info.channels()[-1],
+            cfg["warmup_epochs"],
+            cfg["lambda_dcl"],
+            cfg["tau"],
+            cfg["points_per_class"],
+            cfg["alpha"],
+            cfg["beta"],
+            cfg["head_lr_mult"],
+            restrict_to_labels=cfg["restrict_to_labels"],
+            pasted_one_hot=cfg["pasted_one_hot"],
+            suppress_background=cfg["suppress_background"],
+            teacher_prior=cfg["teacher_prior"],
+            all_bce_reduction=cfg["all_bce_reduction"],
+            atrous_rates=segmenter_atrous_rates(model),
+        )
         method.coseg_cfg, method.paste_prob = cfg["coseg"], cfg["paste_prob"]
         return method.bind(spec)
 
@@ -158,9 +183,16 @@ class FMWISS(OldModelMethod):
     def dataset(self, inputs: StepInputs) -> Dataset:
         """Image-level ``labels``, the fused co-segmentation masks ``pseudo`` of the new classes and
         copy-paste of old-class instances (``pasted``) when the memory bank is given."""
-        return coseg_dataset(inputs.data_index, inputs.split, inputs.train, inputs.num_classes,
-                             inputs.cache("coseg", "the coseg stage's .h5"), self.coseg_cfg,
-                             inputs.caches.get("memory"), self.paste_prob)
+        return coseg_dataset(
+            inputs.data_index,
+            inputs.split,
+            inputs.train,
+            inputs.num_classes,
+            inputs.cache("coseg", "the coseg stage's .h5"),
+            self.coseg_cfg,
+            inputs.caches.get("memory"),
+            self.paste_prob,
+        )
 
     def _inputs(self, batch: dict) -> tuple[Tensor, Tensor, Tensor]:
         for key in ("pseudo", "pasted", "labels"):
@@ -170,7 +202,9 @@ class FMWISS(OldModelMethod):
         pseudo = occlude_pseudo_labels(batch["pseudo"].float(), pasted)
         return pseudo, pasted, batch["valid"]
 
-    def targets(self, batch: dict, out: dict[str, Tensor], teacher: dict[str, Tensor] | None = None) -> dict[str, Tensor]:
+    def targets(
+        self, batch: dict, out: dict[str, Tensor], teacher: dict[str, Tensor] | None = None
+    ) -> dict[str, Tensor]:
         """The teacher's upsampled logits, the old targets (Eq. 9) and the student's targets
         (Eq. 10) of a batch.
 
@@ -191,9 +225,11 @@ class FMWISS(OldModelMethod):
         logits = F.interpolate(teacher["logits"].float(), size=size, mode="bilinear", align_corners=False)
         with torch.no_grad():
             old_logits = self.context.old_model(batch["image"])["out"].float()  # (B, |Y^{t-1}|, H, W)
-            if old_logits.shape[1] != self.context.num_old:
-                raise ValueError(f"the old model has {old_logits.shape[1]} outputs, the step expects "
-                                 f"|Y^t-1| = {self.context.num_old}")
+            if old_logits.shape[1] != self.context.num_old_channels:
+                raise ValueError(
+                    f"the old model has {old_logits.shape[1]} outputs, the step expects "
+                    f"|Y^t-1| = {self.context.num_old_channels}"
+                )
             old_target = old_class_targets(old_logits, batch["pasted"].long(), self.pasted_one_hot)  # Eq. 9
             if self.suppress_background:  # no background inside the fused masks of new objects
                 pseudo = occlude_pseudo_labels(batch["pseudo"].float(), batch["pasted"].long())
@@ -211,15 +247,18 @@ class FMWISS(OldModelMethod):
         teacher = self.teacher(features)
         t = self.targets(batch, out, teacher)
 
-        embedding = teacher["embedding"].float()                           # (B, D, h, w), unit norm
+        embedding = teacher["embedding"].float()  # (B, D, h, w), unit norm
         pixel_classes = contrastive_pixel_classes(pseudo, pasted, self.context.new_classes, valid)
-        pixel_classes = F.interpolate(pixel_classes[:, None].float(), size=embedding.shape[-2:],
-                                      mode="nearest-exact")[:, 0].long()   # (B, h, w)
+        pixel_classes = F.interpolate(pixel_classes[:, None].float(), size=embedding.shape[-2:], mode="nearest-exact")[
+            :, 0
+        ].long()  # (B, h, w)
         index = sample_class_points(pixel_classes, self.points_per_class)
         points = embedding.permute(0, 2, 3, 1).reshape(-1, embedding.shape[1])[index]
         dcl = dense_contrastive_loss(points, pixel_classes.flatten()[index], self.tau)  # Eq. 7
 
         new_bce = new_class_bce_loss(t["teacher_logits"], pseudo, self.context.new_classes, valid)  # Eq. 6
-        old_bce = old_class_bce_loss(t["teacher_logits"], t["old_target"], valid)                   # Eq. 8
-        all_bce = None if warmup else all_class_bce_loss(out["out"].float(), t["q"], valid, self.all_bce_reduction)         # Eq. 11
-        return overall_loss_terms(new_bce, dcl, old_bce, all_bce, self.lambda_dcl)                  # Eq. 12
+        old_bce = old_class_bce_loss(t["teacher_logits"], t["old_target"], valid)  # Eq. 8
+        all_bce = (
+            None if warmup else all_class_bce_loss(out["out"].float(), t["q"], valid, self.all_bce_reduction)
+        )  # Eq. 11
+        return overall_loss_terms(new_bce, dcl, old_bce, all_bce, self.lambda_dcl)  # Eq. 12

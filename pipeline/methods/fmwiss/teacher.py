@@ -31,8 +31,9 @@ class ASPPTeacher(nn.Module):
       output is all zero).
     """
 
-    def __init__(self, in_channels: int, num_classes: int, atrous_rates: Sequence[int] = (6, 12, 18),
-                 channels: int = 256):
+    def __init__(
+        self, in_channels: int, num_classes: int, atrous_rates: Sequence[int] = (6, 12, 18), channels: int = 256
+    ):
         """
         Args:
             in_channels: F, channels of the encoder features (2048 for ResNet-101).
@@ -45,8 +46,7 @@ class ASPPTeacher(nn.Module):
         """
         super().__init__()
         if min(in_channels, num_classes, channels) < 1:
-            raise ValueError(f"in_channels={in_channels}, num_classes={num_classes}, channels={channels}: "
-                             "must be ≥ 1")
+            raise ValueError(f"in_channels={in_channels}, num_classes={num_classes}, channels={channels}: must be ≥ 1")
         rates = [int(r) for r in atrous_rates]
         if len(rates) != 3 or min(rates) < 1:
             raise ValueError(f"atrous_rates={list(atrous_rates)}: expected three rates ≥ 1")

@@ -31,15 +31,17 @@ class MiB(OldModelMethod):
         self.context, self.kd_weight, self.kd_alpha, self.head_lr_mult = context, kd_weight, kd_alpha, head_lr_mult
 
     @classmethod
-    def from_config(cls, cfg: dict[str, Any], context: StepContext | None, model: nn.Module | None,
-                    spec: MethodSpec) -> MiB:
+    def from_config(
+        cls, cfg: dict[str, Any], context: StepContext | None, model: nn.Module | None, spec: MethodSpec
+    ) -> MiB:
         return cls(context, cfg["kd_weight"], cfg["kd_alpha"], cfg["head_lr_mult"]).bind(spec)
 
     def losses(self, batch: dict, out: dict[str, Tensor], epoch: int) -> dict[str, Tensor]:
         logits = out["out"].float()
         old_logits = self.old_logits(batch["image"])
         return {
-            "unce": unbiased_cross_entropy(logits, batch["gt"], self.context.num_old),
-            "unkd": self.kd_weight / self.context.num_old
+            "unce": unbiased_cross_entropy(logits, batch["gt"], self.context.num_old_channels),
+            "unkd": self.kd_weight
+            / self.context.num_old_channels
             * unbiased_knowledge_distillation(logits, old_logits, self.kd_alpha),
         }

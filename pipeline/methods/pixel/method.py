@@ -39,8 +39,9 @@ class PixelSupervised(Method):
         self.loss_name, self.loss_fn, self.head_lr_mult = loss, LOSSES[loss], head_lr_mult
 
     @classmethod
-    def from_config(cls, cfg: dict[str, Any], context: StepContext | None, model: nn.Module | None,
-                    spec: MethodSpec) -> PixelSupervised:
+    def from_config(
+        cls, cfg: dict[str, Any], context: StepContext | None, model: nn.Module | None, spec: MethodSpec
+    ) -> PixelSupervised:
         return cls(cfg["loss"], cfg["head_lr_mult"]).bind(spec)
 
     def losses(self, batch: dict, out: dict[str, Tensor], epoch: int) -> dict[str, Tensor]:
@@ -54,6 +55,7 @@ class Joint(PixelSupervised):
 
     def dataset(self, inputs: StepInputs) -> Dataset:
         index = read_json(inputs.data_index)
-        ids = joint_ids({i: index["index"][i] for i in index["splits"]["train"]}, inputs.task, inputs.step,
-                        inputs.split["protocol"])
+        ids = joint_ids(
+            {i: index["index"][i] for i in index["splits"]["train"]}, inputs.task, inputs.step, inputs.split["protocol"]
+        )
         return pixel_dataset(inputs.data_index, ids, inputs.train, inputs.task, inputs.step, learned="seen")

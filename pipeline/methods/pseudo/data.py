@@ -14,8 +14,13 @@ def pseudo_label_provenance(split: dict) -> dict:
     """What a step must find in the pseudo-label cache's provenance (the ``pseudo-labels`` stage
     also records the CAM model's hash and its settings; Snakemake re-runs the step when the cache
     changes)."""
-    return {"kind": "wsss_pseudo_labels", "task": split["task"], "protocol": split["protocol"],
-            "step": int(split["step"]), "new_classes": [int(c) for c in split["new_classes"]]}
+    return {
+        "kind": "wsss_pseudo_labels",
+        "task": split["task"],
+        "protocol": split["protocol"],
+        "step": int(split["step"]),
+        "new_classes": [int(c) for c in split["new_classes"]],
+    }
 
 
 class PseudoLabelled(Dataset):
@@ -42,8 +47,9 @@ class PseudoLabelled(Dataset):
         sample = self.images[i]
         label = read_pseudo_label(self.cache.get(), sample["id"])
         if label.shape != sample["image"].shape[:2]:
-            raise ValueError(f"{self.path}: pseudo-label of {sample['id']!r} is {label.shape}, "
-                             f"the image {sample['image'].shape[:2]}")
+            raise ValueError(
+                f"{self.path}: pseudo-label of {sample['id']!r} is {label.shape}, the image {sample['image'].shape[:2]}"
+            )
         return self.transform({"id": sample["id"], "image": sample["image"], "mask": label})
 
 
@@ -51,5 +57,6 @@ def pseudo_label_dataset(data_index: str, split: dict, train: dict, cache_path: 
     """Training samples with ``pseudo`` (int64 (h, w): 0, a new class, or 255 void/padding) and
     ``valid``."""
     transform = TrainTransform(train["crop_size"], tuple(train["scale_range"]))
-    return NamedTargets(PseudoLabelled(step_dataset(data_index, split["ids"], None), cache_path, split, transform),
-                        "pseudo")
+    return NamedTargets(
+        PseudoLabelled(step_dataset(data_index, split["ids"], None), cache_path, split, transform), "pseudo"
+    )

@@ -70,13 +70,18 @@ class PseudoLabelDistillation(OldModelMethod):
         self.context, self.head_lr_mult = context, head_lr_mult
 
     @classmethod
-    def from_config(cls, cfg: dict[str, Any], context: StepContext | None, model: nn.Module | None,
-                    spec: MethodSpec) -> PseudoLabelDistillation:
+    def from_config(
+        cls, cfg: dict[str, Any], context: StepContext | None, model: nn.Module | None, spec: MethodSpec
+    ) -> PseudoLabelDistillation:
         return cls(context, cfg["head_lr_mult"]).bind(spec)
 
     def dataset(self, inputs: StepInputs) -> Dataset:
-        return pseudo_label_dataset(inputs.data_index, inputs.split, inputs.train,
-                                    inputs.cache("pseudo", f"the pseudo-labels stage's .h5 of {self.spec.cam_network}"))
+        return pseudo_label_dataset(
+            inputs.data_index,
+            inputs.split,
+            inputs.train,
+            inputs.cache("pseudo", f"the pseudo-labels stage's .h5 of {self.spec.cam_network}"),
+        )
 
     def losses(self, batch: dict, out: dict[str, Tensor], epoch: int) -> dict[str, Tensor]:
         logits = out["out"].float()

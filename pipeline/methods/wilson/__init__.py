@@ -4,5 +4,9 @@ equations: ``losses.py``; localizer: ``localizer.py``."""
 
 from pipeline.methods.registry import MethodSpec, declare
 
-declare(MethodSpec("wilson", label="WILSON", order=70, supervision="image", paper="Cermelli et al., CVPR 2022",
-                   equations="Eq. 1-8"), package=__name__)
+declare(
+    MethodSpec(
+        "wilson", label="WILSON", order=70, supervision="image", paper="Cermelli et al., CVPR 2022", equations="Eq. 1-8"
+    ),
+    package=__name__,
+)

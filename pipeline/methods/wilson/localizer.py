@@ -33,9 +33,7 @@ class Localizer(nn.Module):
         """
         super().__init__()
         if min(in_channels, num_classes, channels) < 1:
-            raise ValueError(
-                f"in_channels={in_channels}, num_classes={num_classes}, channels={channels}: must be ≥ 1"
-            )
+            raise ValueError(f"in_channels={in_channels}, num_classes={num_classes}, channels={channels}: must be ≥ 1")
         self.in_channels = in_channels
         self.num_classes = num_classes
         self.layers = nn.Sequential(

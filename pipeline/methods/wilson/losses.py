@@ -170,11 +170,11 @@ def localization_prior_loss(scores: Tensor, old_logits: Tensor) -> Tensor:
             f"old_logits {tuple(old_logits.shape)} vs scores {tuple(scores.shape)}: batch and (H, W) must "
             "match; interpolate the old model's logits to the localizer's resolution first"
         )
-    num_old = old_logits.shape[1]
-    if num_old > c:
-        raise ValueError(f"old_logits has {num_old} channels, more than the {c} of scores")
+    num_old_channels = old_logits.shape[1]
+    if num_old_channels > c:
+        raise ValueError(f"old_logits has {num_old_channels} channels, more than the {c} of scores")
     target = torch.sigmoid(old_logits.detach()).to(scores.dtype)
-    return F.binary_cross_entropy_with_logits(scores[:, :num_old], target)
+    return F.binary_cross_entropy_with_logits(scores[:, :num_old_channels], target)
 
 
 # --- Sec. 3.3: pseudo-supervision for the segmentation model ---------------------------------
@@ -268,21 +268,21 @@ def wilson_target(q: Tensor, old_logits: Tensor, new_classes: Sequence[int], bac
     _check_maps("q", q)
     _check_maps("old_logits", old_logits)
     b, c, h, w = q.shape
-    num_old = old_logits.shape[1]
+    num_old_channels = old_logits.shape[1]
     if (old_logits.shape[0], *old_logits.shape[2:]) != (b, h, w):
         raise ValueError(
             f"old_logits {tuple(old_logits.shape)} vs q {tuple(q.shape)}: batch and (H, W) must match; "
             "interpolate the old model's logits first"
         )
-    if [int(k) for k in new_classes] != list(range(num_old, c)) or num_old >= c:
+    if [int(k) for k in new_classes] != list(range(num_old_channels, c)) or num_old_channels >= c:
         raise ValueError(
-            f"new_classes={list(new_classes)}: must be the last channels {list(range(num_old, c))} "
-            f"(q has {c} channels, old_logits {num_old})"
+            f"new_classes={list(new_classes)}: must be the last channels {list(range(num_old_channels, c))} "
+            f"(q has {c} channels, old_logits {num_old_channels})"
         )
-    if not 0 <= background < num_old:
-        raise ValueError(f"background={background}: must be an old channel in [0, {num_old})")
+    if not 0 <= background < num_old_channels:
+        raise ValueError(f"background={background}: must be an old channel in [0, {num_old_channels})")
     old_probs = torch.sigmoid(old_logits).to(q.dtype)
-    target = torch.cat([old_probs, q[:, num_old:]], dim=1)
+    target = torch.cat([old_probs, q[:, num_old_channels:]], dim=1)
     target[:, background] = torch.minimum(old_probs[:, background], q[:, background])
     return target
 
@@ -309,9 +309,9 @@ def segmentation_loss(logits: Tensor, target: Tensor, valid: Tensor | None = Non
     _check_maps("logits", logits)
     if target.shape != logits.shape:
         raise ValueError(f"target {tuple(target.shape)} vs logits {tuple(logits.shape)}: shapes must match")
-    per_pixel = F.binary_cross_entropy_with_logits(
-        logits, target.detach().to(logits.dtype), reduction="none"
-    ).sum(dim=1)
+    per_pixel = F.binary_cross_entropy_with_logits(logits, target.detach().to(logits.dtype), reduction="none").sum(
+        dim=1
+    )
     if valid is None:
         return per_pixel.mean()
     b, _, h, w = logits.shape

@@ -51,9 +51,19 @@ class Wilson(OldModelMethod):
 
     classifier_init = "prior"  # sigmoid outputs (Eq. 7-8): new classes start at a low probability
 
-    def __init__(self, context: StepContext, in_channels: int, warmup_epochs: int = 5, alpha: float = 0.5,
-                 focal_lambda: float = 0.01, focal_gamma: float = 3.0, ngwp_eps: float = 1.0,
-                 relaxed: bool = False, restrict_to_labels: bool = True, head_lr_mult: float = 10.0):
+    def __init__(
+        self,
+        context: StepContext,
+        in_channels: int,
+        warmup_epochs: int = 5,
+        alpha: float = 0.5,
+        focal_lambda: float = 0.01,
+        focal_gamma: float = 3.0,
+        ngwp_eps: float = 1.0,
+        relaxed: bool = False,
+        restrict_to_labels: bool = True,
+        head_lr_mult: float = 10.0,
+    ):
         self.context = context
         self.localizer = Localizer(in_channels, context.num_classes)
         self.warmup_epochs, self.alpha = warmup_epochs, alpha
@@ -62,12 +72,22 @@ class Wilson(OldModelMethod):
         self.cls_classes = list(range(1, context.num_classes)) if relaxed else list(context.new_classes)
 
     @classmethod
-    def from_config(cls, cfg: dict[str, Any], context: StepContext | None, model: nn.Module | None,
-                    spec: MethodSpec) -> Wilson:
+    def from_config(
+        cls, cfg: dict[str, Any], context: StepContext | None, model: nn.Module | None, spec: MethodSpec
+    ) -> Wilson:
         """``model``: the segmenter, whose last encoder stage feeds the localizer."""
-        return cls(context, model.backbone.feature_info.channels()[-1], cfg["warmup_epochs"], cfg["alpha"],
-                   cfg["focal_lambda"], cfg["focal_gamma"], cfg["ngwp_eps"], cfg["relaxed"],
-                   cfg["restrict_to_labels"], cfg["head_lr_mult"]).bind(spec)
+        return cls(
+            context,
+            model.backbone.feature_info.channels()[-1],
+            cfg["warmup_epochs"],
+            cfg["alpha"],
+            cfg["focal_lambda"],
+            cfg["focal_gamma"],
+            cfg["ngwp_eps"],
+            cfg["relaxed"],
+            cfg["restrict_to_labels"],
+            cfg["head_lr_mult"],
+        ).bind(spec)
 
     def modules(self) -> dict[str, nn.Module]:
         return {"localizer": self.localizer}
@@ -79,9 +99,9 @@ class Wilson(OldModelMethod):
     def losses(self, batch: dict, out: dict[str, Tensor], epoch: int) -> dict[str, Tensor]:
         warmup = epoch < self.warmup_epochs
         features = out["features"].detach() if warmup else out["features"]
-        scores = self.localizer(features).float()                       # z: (B, |Y^t|, h, w)
-        labels = batch["labels"].float()                                # (B, |Y^t|) image-level labels
-        old_logits = self.old_logits(batch["image"])                    # (B, |Y^t-1|, H, W)
+        scores = self.localizer(features).float()  # z: (B, |Y^t|, h, w)
+        labels = batch["labels"].float()  # (B, |Y^t|) image-level labels
+        old_logits = self.old_logits(batch["image"])  # (B, |Y^t-1|, H, W)
         old_small = F.interpolate(old_logits, size=scores.shape[-2:], mode="bilinear", align_corners=False)
         losses = {
             "cls": classification_loss(scores, labels, self.cls_classes, **self.focal),
@@ -89,11 +109,12 @@ class Wilson(OldModelMethod):
         }
         if not warmup:
             with torch.no_grad():
-                masks = F.interpolate(scores, size=old_logits.shape[-2:], mode="bilinear",
-                                      align_corners=False).softmax(dim=1)   # m: (B, |Y^t|, H, W)
+                masks = F.interpolate(scores, size=old_logits.shape[-2:], mode="bilinear", align_corners=False).softmax(
+                    dim=1
+                )  # m: (B, |Y^t|, H, W)
                 if self.restrict_to_labels:  # before Eq. 5: the argmax picks background or a labelled class
                     masks = restrict_to_image_labels(masks, labels)
-                pseudo = soft_pseudo_labels(masks, self.alpha)                # Eq. 5-6
+                pseudo = soft_pseudo_labels(masks, self.alpha)  # Eq. 5-6
                 target = wilson_target(pseudo, old_logits, self.context.new_classes)  # Eq. 7
             losses["seg"] = segmentation_loss(out["out"].float(), target, valid=batch["valid"])
         return losses
