@@ -14,6 +14,7 @@ import pytest
 
 from pipeline.data import splits, tasks
 from pipeline.io import read_json, write_json
+from pipeline.stages import splits as splits_stage
 
 # The task table as stated by the papers (MiB tasks.py, WILSON Sec. 4.1), written independently
 # of the module: step 0 includes background.
@@ -341,7 +342,7 @@ def test_cli_with_index_json(tmp_path, capsys):
         )
     )
     out = tmp_path / "splits"
-    splits.run(_cli_args(index=index_file, task="10-5-5", protocol="disjoint", outdir=out))
+    splits_stage.run(_cli_args(index=index_file, task="10-5-5", protocol="disjoint", outdir=out))
     assert sorted(p.name for p in out.iterdir()) == [
         "step0.json",
         "step1.json",
@@ -365,7 +366,7 @@ def test_cli_failure_leaves_no_file(tmp_path):
     )
     out = tmp_path / "splits"
     with pytest.raises(ValueError, match="step 1"):
-        splits.run(_cli_args(index=index_file, task="2-2", outdir=out))
+        splits_stage.run(_cli_args(index=index_file, task="2-2", outdir=out))
     assert not out.exists() or list(out.iterdir()) == []
 
 
@@ -379,9 +380,9 @@ def test_cli_failure_while_writing_leaves_no_file(tmp_path, monkeypatch):
     def broken_csv(summary):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(splits, "summary_csv", broken_csv)
+    monkeypatch.setattr(splits_stage, "summary_csv", broken_csv)  # the name the stage calls
     with pytest.raises(RuntimeError, match="disk full"):
-        splits.run(_cli_args(index=index_file, task="10-5-5", outdir=out))
+        splits_stage.run(_cli_args(index=index_file, task="10-5-5", outdir=out))
     assert list(out.iterdir()) == []  # step files were written, then removed, never renamed
 
 
@@ -389,24 +390,24 @@ def test_cli_index_missing_ids(tmp_path):
     index_file = tmp_path / "index.json"
     index_file.write_text(json.dumps({"splits": {"train": ["x", "zz"]}, "index": {"x": {"classes": [1]}}}))
     with pytest.raises(ValueError, match=r"index\.json.*'zz'"):
-        splits.run(_cli_args(index=index_file, outdir=tmp_path / "o"))
+        splits_stage.run(_cli_args(index=index_file, outdir=tmp_path / "o"))
 
 
 def test_cli_needs_a_source(tmp_path):
     with pytest.raises(ValueError, match="--index"):
-        splits.run(_cli_args(outdir=tmp_path / "o"))
+        splits_stage.run(_cli_args(outdir=tmp_path / "o"))
 
 
 def test_cli_writes_one_step_or_the_summary_alone(tmp_path):
     """The modes the Snakemake rules use: one step{t}.json per job, and the summary."""
     index_file = tmp_path / "index.json"
     write_json(index_file, {"splits": {"train": list(TINY)}, "index": {i: {"classes": c} for i, c in TINY.items()}})
-    splits.run(_cli_args(index=index_file, task="10-5-5", protocol="disjoint", step=1, out=tmp_path / "s1.json"))
+    splits_stage.run(_cli_args(index=index_file, task="10-5-5", protocol="disjoint", step=1, out=tmp_path / "s1.json"))
     step1 = read_json(tmp_path / "s1.json")
     assert step1["step"] == 1 and step1["ids"] == tasks.filter_ids(TINY, "10-5-5", 1, "disjoint")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["index.json", "s1.json"]
-    splits.run(_cli_args(index=index_file, task="10-5-5", summary=tmp_path / "sum.json"))
+    splits_stage.run(_cli_args(index=index_file, task="10-5-5", summary=tmp_path / "sum.json"))
     assert (tmp_path / "sum.csv").is_file() and read_json(tmp_path / "sum.json")["task"] == "10-5-5"
     with pytest.raises(ValueError, match="steps 0..2, not 3"):
-        splits.run(_cli_args(index=index_file, task="10-5-5", step=3, out=tmp_path / "s3.json"))
+        splits_stage.run(_cli_args(index=index_file, task="10-5-5", step=3, out=tmp_path / "s3.json"))
     assert not (tmp_path / "s3.json").exists()
