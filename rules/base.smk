@@ -3,26 +3,27 @@
 
 rule train_base:
     input:
-        split=SPLIT.replace("{step}", "0"),
+        split=SPLIT0,
         data=DATA_INDEX,
     output:
-        model=RUN.replace("{step}", "0").replace("{method}", "base") + "/model.pt",
-        history=RUN.replace("{step}", "0").replace("{method}", "base") + "/history.csv",
+        model=BASE_MODEL,
+        history=BASE_HISTORY,
+    log:
+        log_path("train_base", "{task}-{protocol}/seed{seed}"),
+    benchmark:
+        bench_path("train_base", "{task}-{protocol}/seed{seed}")
+    conda:
+        ENV
+    threads: config["threads"]["train"]
+    resources:
+        **res("train"),
     params:
+        python=PYTHON,
         cfg=params_json(model=config["model"], train=config["train_base"]),
         outdir=lambda wc, output: os.path.dirname(output.model),
         device=config["device"],
         workers=config["workers"],
-    log:
-        log_path("train_base", "/{task}-{protocol}/seed{seed}.log"),
-    benchmark:
-        bench_path("train_base", "/{task}-{protocol}/seed{seed}.tsv")
-    threads: config["threads"]["train"]
-    resources:
-        **res("train"),
-    conda:
-        ENV
     shell:
-        "{PYTHON} -m pipeline train-base --split {input.split:q} --data {input.data:q} --params {params.cfg:q}"
+        "{params.python} -m pipeline train-base --split {input.split:q} --data {input.data:q} --params {params.cfg:q}"
         " --outdir {params.outdir:q} --seed {wildcards.seed} --device {params.device} --workers {params.workers}"
         " --threads {threads} > {log} 2>&1"

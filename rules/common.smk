@@ -1,13 +1,42 @@
-# Paths and helpers shared by the rules: the artifact paths are the contract between stages.
-import json
+# Paths and helpers shared by the rules, bound to this run's config. The artifact paths (the
+# contract between stages) and the helpers live in pipeline/workflow (torch-free, unit tested).
 import os
 import shlex
 import sys
 
+import yaml
 from snakemake.settings.types import DeploymentMethod
 
-from pipeline.data.tasks import num_steps
-from pipeline.config import merge, resolve_method, variant_changes
+import pipeline.workflow as wf
+from pipeline.workflow import (
+    BASE_HISTORY,
+    BASE_MODEL,
+    COSEG_CACHE,
+    COSEG_QUALITY_FIGURE,
+    COSEG_QUALITY_JSON,
+    DATA_INDEX,
+    MEMORY0,
+    MEMORY_STEP,
+    PSEUDO_CACHE,
+    PSEUDO_FIGURE,
+    PSEUDO_QUALITY,
+    REPORT_FIGURES,
+    REPORT_SUMMARY,
+    RUN_HISTORY,
+    RUN_METRICS,
+    RUN_MODEL,
+    RUN_PER_CLASS,
+    RUN_PREDICTIONS,
+    SPLIT,
+    SPLIT0,
+    SPLIT_SUMMARY,
+    SPLIT_SUMMARY_CSV,
+    WSSS_HISTORY,
+    WSSS_MODEL,
+    bench_path,
+    log_path,
+    params_json,
+)
 
 DATASET = config["dataset"]["name"]
 ROOT = config["dataset"]["root"]
@@ -20,8 +49,7 @@ USE_CONDA = DeploymentMethod.CONDA in workflow.deployment_settings.deployment_me
 PYTHON = "python" if USE_CONDA else shlex.quote(sys.executable)
 
 # Make the package importable inside conda environments too (it is installed in the quick start's venv).
-# (Snakemake formats the prefix too: literal braces are doubled.)
-shell.prefix("export PYTHONPATH=" + shlex.quote(workflow.basedir) + "${{PYTHONPATH:+:$PYTHONPATH}}; ")
+shell.prefix(wf.shell_prefix(workflow.basedir))
 
 
 wildcard_constraints:
@@ -31,122 +59,45 @@ wildcard_constraints:
     seed=r"\d+",
     step=r"\d+",
     method="[a-z][a-z0-9_]*",
-    cam="cam|vwe|iscam",
+    cam="|".join(wf.cam_networks()),
     cache="[a-z][a-z0-9_]*",
 
 
-DATA_INDEX = "results/{dataset}/dataset.json"
-SPLIT = "results/{dataset}/splits/{task}-{protocol}/step{step}.json"
-SPLIT_SUMMARY = "results/{dataset}/splits/{task}-{protocol}/summary.json"
-RUN = "results/{dataset}/{task}-{protocol}/seed{seed}/step{step}/{method}"
-# FMWISS: co-segmentation cache per step ("default": config coseg; a variant changing what the
-# foundation models compute gets its own), memory bank of step 0 (ground truth) and its extension
-# by each step's new classes (from that step's fused masks).
-COSEG = "results/{dataset}/{task}-{protocol}/step{step}/coseg/{cache}"
-COSEG_QUALITY = "results/{dataset}/{task}-{protocol}/step{step}/coseg/quality/{method}"
-MEMORY0 = "results/{dataset}/{task}-{protocol}/step0/memory_bank.h5"
-MEMORY_STEP = "results/{dataset}/{task}-{protocol}/step{step}/memory_bank/{cache}.h5"
-# Offline WSSS baselines: CAM network and its pseudo-labels, per seed and step.
-WSSS = "results/{dataset}/{task}-{protocol}/seed{seed}/step{step}/wsss/{cam}"
-PSEUDO = "results/{dataset}/{task}-{protocol}/seed{seed}/step{step}/pseudo/{cam}"
-CAM_METHODS = ("cam", "vwe", "iscam")
-
-
-def log_path(rule, suffix=".log"):
-    """logs/<rule>/{dataset}<suffix>: one log per job, named by the job's wildcards."""
-    return f"logs/{rule}/{{dataset}}{suffix}"
-
-
-def bench_path(rule, suffix=".tsv"):
-    """Snakemake benchmark file (wall time, memory) of one job."""
-    return f"results/{{dataset}}/benchmarks/{rule}{suffix}"
-
-REPORT_DIR = "results/report"
 # Every method and variant with a section under `methods:` can run at t >= 1.
-INCREMENTAL_METHODS = sorted(config["methods"])
+INCREMENTAL_METHODS = wf.incremental_methods(config)
 
-
-def check_methods():
-    """Every method of the matrix has settings; a variant's merged settings pass its base
-    method's schema (so a typo in an override is named, not ignored)."""
-    import jsonschema
-    import yaml
-
-    with open(os.path.join(workflow.basedir, "schemas", "config.schema.yaml")) as f:
-        schema = yaml.safe_load(f)
-    known = schema["properties"]["methods"]["properties"]
-    for name in EXP["methods"]:
-        if name not in config["methods"]:
-            raise ValueError(f"experiments.methods lists {name!r}, which has no section under `methods:` "
-                             f"(methods: {', '.join(sorted(config['methods']))})")
-    for name in config["methods"]:
-        base, settings = resolve_method(config["methods"], name)
-        if base not in known:
-            raise ValueError(f"methods.{name}.method = {base!r}: expected one of {', '.join(sorted(known))}")
-        try:
-            jsonschema.validate(settings, {"$defs": schema["$defs"], **known[base]})
-        except jsonschema.ValidationError as error:
-            where = ".".join(str(p) for p in error.absolute_path)
-            raise ValueError(f"methods.{name} (a variant of {base}){': ' + where if where else ''}: {error.message}") from None
-
-
-check_methods()
+with open(os.path.join(workflow.basedir, "schemas", "config.schema.yaml")) as schema_file:
+    wf.check_methods(config, yaml.safe_load(schema_file))
 
 
 def method_settings(name):
-    """The complete settings of a method or variant (methods.<name>, merged onto its base's), with
-    ``method`` = the base method; fmwiss also gets its full ``coseg`` section."""
-    base, settings = resolve_method(config["methods"], name)
-    settings = dict(settings, method=base)
-    if base == "fmwiss":
-        settings["coseg"] = merge(config["coseg"], settings.get("coseg", {}))
-    return settings
+    """methods.<name> merged onto its base's, with `method` = the base (pipeline.workflow.method_settings)."""
+    return wf.method_settings(config, name)
 
 
 def coseg_compute(cfg):
-    """The co-segmentation settings that change what the foundation models compute (not the ones
-    applied when the cache is read: fusion, top-K, thresholds)."""
-    from pipeline.foundation.coseg import READ_KEYS
-
-    return {k: v for k, v in cfg.items() if k not in READ_KEYS}
-
-
-def coseg_cache_name(method):
-    """`default` when a fmwiss variant reads the default cache; else the name of the first fmwiss
-    variant (alphabetically) computing the same thing, so variants share one cache."""
-    compute = coseg_compute(method_settings(method)["coseg"])
-    if compute == coseg_compute(config["coseg"]):
-        return "default"
-    for name in sorted(config["methods"]):
-        settings = method_settings(name)
-        if settings["method"] == "fmwiss" and coseg_compute(settings["coseg"]) == compute:
-            return name
-    return method
+    """The coseg settings that change what the foundation models compute."""
+    return wf.coseg_compute(cfg)
 
 
 def coseg_cache_config(cache):
     """The coseg section a cache is computed (and its quality measured) with."""
-    return config["coseg"] if cache == "default" else method_settings(cache)["coseg"]
+    return wf.coseg_cache_config(config, cache)
 
 
 def dataset_path(key):
     """An id list of the dataset, resolved against the root unless absolute."""
-    path = config["dataset"][key]
-    return path if os.path.isabs(path) else os.path.join(ROOT, path)
+    return wf.dataset_path(config, key)
+
+
+def dataset_root(path, relative):
+    """The dataset root as a job sees it, from its file `path` (`relative` to the root)."""
+    return wf.dataset_root(config, path, relative)
 
 
 def dataset_lists(wildcards=None):
-    """Inputs of prepare_data: the id lists when a rule makes them (synthetic data) or they exist;
-    otherwise none, and prepare_data stops with an error that says how to get the data."""
-    lists = [dataset_path("train_list"), dataset_path("val_list")]
-    if config["dataset"]["kind"] == "synthetic" or all(os.path.exists(p) for p in lists):
-        return lists
-    return []
-
-
-def params_json(**sections):
-    """Config sections as one JSON string for a stage's --params (quoted with {params.x:q})."""
-    return json.dumps(sections, sort_keys=True)
+    """Inputs of prepare_data: the id lists when they exist or a job makes them, else none."""
+    return wf.dataset_lists(config)
 
 
 def res(kind):
@@ -154,48 +105,57 @@ def res(kind):
     return config["resources"][kind]
 
 
-def runs():
-    """(task, protocol, seed, step, method) of every model the matrix trains: the step-0 base
-    model, then every incremental method at every step t >= 1."""
-    for task in EXP["tasks"]:
-        for protocol in EXP["protocols"]:
-            for seed in EXP["seeds"]:
-                yield task, protocol, seed, 0, "base"
-                for method in EXP["methods"]:
-                    for step in range(1, num_steps(task)):
-                        yield task, protocol, seed, step, method
-
-
-def run_dir(task, protocol, seed, step, method):
-    return RUN.format(dataset=DATASET, task=task, protocol=protocol, seed=seed, step=step, method=method)
-
-
 def all_targets():
-    """Everything `snakemake` builds by default: the metrics of every run, the split summaries
-    and the report."""
-    targets = [SPLIT_SUMMARY.format(dataset=DATASET, task=t, protocol=p) for t in EXP["tasks"] for p in EXP["protocols"]]
-    targets += [run_dir(*run) + "/metrics.json" for run in runs()]
-    targets += quality_files()
-    targets.append(f"{REPORT_DIR}/summary.md")
-    return targets
+    """Everything `snakemake` builds by default."""
+    return wf.all_targets(config)
 
 
 def evaluated_runs():
     """(metrics.json, history.csv) of every run the report shows."""
-    return [(run_dir(*run) + "/metrics.json", run_dir(*run) + "/history.csv") for run in runs()]
+    return wf.evaluated_runs(config)
 
 
 def quality_files():
-    """Pseudo-label quality JSONs of the matrix: one per co-segmentation cache and per CAM
-    baseline, at every step t >= 1 (they feed the report's pseudo-label table)."""
-    files = []
-    for task, protocol, seed, step, method in runs():
-        if step == 0:
-            continue
-        base = method_settings(method)["method"]
-        wc = dict(dataset=DATASET, task=task, protocol=protocol, seed=seed, step=step)
-        if base == "fmwiss":
-            files.append(COSEG_QUALITY.format(method=method, **wc) + ".json")
-        elif base in CAM_METHODS:
-            files.append(PSEUDO.format(cam=base, **wc) + "_quality.json")
-    return sorted(set(files))
+    """Pseudo-label quality JSONs of the matrix (one per coseg-reading method and CAM network, step t >= 1)."""
+    return wf.quality_files(config)
+
+
+def quality_figures():
+    """The example figure of each quality file, in its order."""
+    return wf.quality_figures(config)
+
+
+def report_variants():
+    """--variants of the report (JSON): every variant of the matrix, its base and its changes."""
+    return wf.report_variants(config)
+
+
+# Input and params functions of the rules (Snakemake calls them with the job's wildcards).
+def method_coseg(wildcards):
+    """The coseg cache a method reads at its step."""
+    return wf.method_coseg(config, wildcards)
+
+
+def method_inputs(wildcards):
+    """The caches a method learns from at step t, from its spec: pseudo, coseg, memory."""
+    return wf.method_inputs(config, wildcards)
+
+
+def method_options(wildcards, input):
+    """--pseudo / --coseg / --memory options of train_step for the inputs of method_inputs."""
+    return wf.method_options(input)
+
+
+def previous_model(wildcards):
+    """model.pt of step t-1 of the same method; at t = 1 the shared step-0 model."""
+    return wf.previous_model(wildcards)
+
+
+def previous_bank(wildcards):
+    """The memory bank a step's bank extends (step 0's at t = 1)."""
+    return wf.previous_bank(wildcards)
+
+
+def step_params(wildcards):
+    """--params of train_step: the loop settings and the method's section (+ relaxed labels)."""
+    return wf.step_params(config, wildcards.method)

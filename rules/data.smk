@@ -7,19 +7,21 @@ if config["dataset"]["kind"] == "synthetic":
         output:
             train=dataset_path("train_list"),
             val=dataset_path("val_list"),
-        params:
-            cfg=config["synthetic"],
         log:
             f"logs/make_demo_data/{DATASET}.log",
         benchmark:
             f"results/{DATASET}/benchmarks/make_demo_data.tsv"
+        conda:
+            ENV
         threads: config["threads"]["data"]
         resources:
             **res("light"),
-        conda:
-            ENV
+        params:
+            python=PYTHON,
+            root=lambda wc, output: dataset_root(output.train, config["dataset"]["train_list"]),
+            cfg=config["synthetic"],
         shell:
-            "{PYTHON} -m pipeline make-demo-data --root {ROOT:q} --n-train {params.cfg[n_train]}"
+            "{params.python} -m pipeline make-demo-data --root {params.root:q} --n-train {params.cfg[n_train]}"
             " --n-val {params.cfg[n_val]} --size {params.cfg[size]} --seed {params.cfg[seed]}"
             " --workers {threads} > {log} 2>&1"
 
@@ -31,12 +33,15 @@ else:
             done=os.path.join(ROOT, "DONE.json"),
         log:
             f"logs/download/{DATASET}.log",
-        resources:
-            **res("light"),
         conda:
             ENV
+        resources:
+            **res("light"),
+        params:
+            python=PYTHON,
+            root=lambda wc, output: dataset_root(output.done, "DONE.json"),
         shell:
-            "{PYTHON} -m pipeline download --root {ROOT:q} > {log} 2>&1"
+            "{params.python} -m pipeline download --root {params.root:q} > {log} 2>&1"
 
 
 rule prepare_data:
@@ -44,22 +49,23 @@ rule prepare_data:
         dataset_lists,
     output:
         DATA_INDEX,
+    log:
+        log_path("prepare_data"),
+    benchmark:
+        bench_path("prepare_data")
+    conda:
+        ENV
+    threads: config["threads"]["data"]
+    resources:
+        **res("light"),
     params:
+        python=PYTHON,
         root=ROOT,
         train=config["dataset"]["train_list"],  # relative to root, as in the config
         val=config["dataset"]["val_list"],
         mask_dir=config["dataset"]["mask_dir"],
-    log:
-        log_path("prepare_data", ".log"),
-    benchmark:
-        bench_path("prepare_data", ".tsv")
-    threads: config["threads"]["data"]
-    resources:
-        **res("light"),
-    conda:
-        ENV
     shell:
-        "{PYTHON} -m pipeline prepare-data --root {params.root:q} --train-list {params.train:q}"
+        "{params.python} -m pipeline prepare-data --root {params.root:q} --train-list {params.train:q}"
         " --val-list {params.val:q} --mask-dir {params.mask_dir:q} --workers {threads}"
         " --output {output:q} > {log} 2>&1"
 
@@ -69,16 +75,17 @@ rule splits:
         data=DATA_INDEX,
     output:
         SPLIT,
-    params:
-        relaxed="--relaxed" if EXP["relaxed_labels"] else "",
     log:
-        log_path("splits", "/{task}-{protocol}/step{step}.log"),
-    resources:
-        **res("light"),
+        log_path("splits", "{task}-{protocol}/step{step}"),
     conda:
         ENV
+    resources:
+        **res("light"),
+    params:
+        python=PYTHON,
+        relaxed="--relaxed" if EXP["relaxed_labels"] else "",
     shell:
-        "{PYTHON} -m pipeline splits --index {input.data:q} --dataset {wildcards.dataset} --task {wildcards.task}"
+        "{params.python} -m pipeline splits --index {input.data:q} --dataset {wildcards.dataset} --task {wildcards.task}"
         " --protocol {wildcards.protocol} --step {wildcards.step} {params.relaxed} --out {output:q} > {log} 2>&1"
 
 
@@ -87,15 +94,16 @@ rule split_summary:
         data=DATA_INDEX,
     output:
         summary=SPLIT_SUMMARY,
-        csv=SPLIT_SUMMARY.replace(".json", ".csv"),
-    params:
-        relaxed="--relaxed" if EXP["relaxed_labels"] else "",
+        csv=SPLIT_SUMMARY_CSV,
     log:
-        log_path("split_summary", "/{task}-{protocol}/summary.log"),
-    resources:
-        **res("light"),
+        log_path("split_summary", "{task}-{protocol}/summary"),
     conda:
         ENV
+    resources:
+        **res("light"),
+    params:
+        python=PYTHON,
+        relaxed="--relaxed" if EXP["relaxed_labels"] else "",
     shell:
-        "{PYTHON} -m pipeline splits --index {input.data:q} --dataset {wildcards.dataset} --task {wildcards.task}"
+        "{params.python} -m pipeline splits --index {input.data:q} --dataset {wildcards.dataset} --task {wildcards.task}"
         " --protocol {wildcards.protocol} {params.relaxed} --summary {output.summary:q} > {log} 2>&1"

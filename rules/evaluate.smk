@@ -3,27 +3,28 @@
 
 rule evaluate:
     input:
-        model=RUN + "/model.pt",
+        model=RUN_MODEL,
         split=SPLIT,
         data=DATA_INDEX,
     output:
-        metrics=RUN + "/metrics.json",
-        per_class=RUN + "/per_class.csv",
-        predictions=directory(RUN + "/predictions"),
-    params:
-        device=config["device"],
-        batch_size=config["evaluate"]["batch_size"],
+        metrics=RUN_METRICS,
+        per_class=RUN_PER_CLASS,
+        predictions=directory(RUN_PREDICTIONS),
     log:
-        log_path("evaluate", "/{task}-{protocol}/seed{seed}/step{step}/{method}.log"),
+        log_path("evaluate", "{task}-{protocol}/seed{seed}/step{step}/{method}"),
     benchmark:
-        bench_path("evaluate", "/{task}-{protocol}/seed{seed}/step{step}/{method}.tsv")
+        bench_path("evaluate", "{task}-{protocol}/seed{seed}/step{step}/{method}")
+    conda:
+        ENV
     threads: config["threads"]["evaluate"]
     resources:
         **res("evaluate"),
-    conda:
-        ENV
+    params:
+        python=PYTHON,
+        device=config["device"],
+        batch_size=config["evaluate"]["batch_size"],
     shell:
-        "{PYTHON} -m pipeline evaluate --model {input.model:q} --data {input.data:q} --split {input.split:q}"
+        "{params.python} -m pipeline evaluate --model {input.model:q} --data {input.data:q} --split {input.split:q}"
         " --out {output.metrics:q} --pred-dir {output.predictions:q} --batch-size {params.batch_size}"
         " --device {params.device} --threads {threads} > {log} 2>&1"
 
@@ -33,29 +34,29 @@ rule report:
         metrics=[m for m, _ in evaluated_runs()],
         histories=[h for _, h in evaluated_runs()],
         quality=quality_files(),
-        examples=[q.replace("_quality.json", "_examples.png").replace(".json", "_examples.png") for q in quality_files()],
+        examples=quality_figures(),
     output:
-        summary=report(f"{REPORT_DIR}/summary.md", caption="../report/summary.rst", category="Tables"),
+        summary=report(REPORT_SUMMARY, caption="../report/summary.rst", category="Tables"),
         figures=report(
-            directory(f"{REPORT_DIR}/figures"),
+            directory(REPORT_FIGURES),
             patterns=["{name}.png"],
             caption="../report/figures.rst",
             category="Figures",
         ),
-    params:
-        outdir=REPORT_DIR,
-        qualitative=config["report"]["qualitative_images"],
-        variants=lambda wc: json.dumps({m: {"method": method_settings(m)["method"],
-                                             "changes": variant_changes(config["methods"], m)}
-                                         for m in EXP["methods"] if method_settings(m)["method"] != m}),
     log:
         "logs/report/report.log",
-    resources:
-        **res("light"),
     conda:
         ENV
+    resources:
+        **res("light"),
+    params:
+        python=PYTHON,
+        # the report folder, from the output (so a remote-storage run gets its local copy)
+        outdir=lambda wc, output: os.path.dirname(output.summary),
+        qualitative=config["report"]["qualitative_images"],
+        variants=report_variants(),
     shell:
-        "{PYTHON} -m pipeline report --metrics {input.metrics:q} --histories {input.histories:q}"
+        "{params.python} -m pipeline report --metrics {input.metrics:q} --histories {input.histories:q}"
         " --outdir {params.outdir:q} --figures-dir {output.figures:q} --qualitative {params.qualitative}"
         " --variants {params.variants:q} --quality {input.quality:q} --examples {input.examples:q}"
         " > {log} 2>&1"

@@ -8,54 +8,56 @@ rule train_cam:
         split=SPLIT,
         data=DATA_INDEX,
     output:
-        model=WSSS + "/model.pt",
-        history=WSSS + "/history.csv",
+        model=WSSS_MODEL,
+        history=WSSS_HISTORY,
+    log:
+        log_path("train_cam", "{task}-{protocol}/seed{seed}/step{step}/{cam}"),
+    benchmark:
+        bench_path("train_cam", "{task}-{protocol}/seed{seed}/step{step}/{cam}")
     wildcard_constraints:
         step=r"[1-9]\d*",
+    conda:
+        ENV
+    threads: config["threads"]["train"]
+    resources:
+        **res("train"),
     params:
+        python=PYTHON,
         cfg=lambda wc: params_json(train=config["train_cam"][wc.cam], cam=config["wsss"][wc.cam]),
         outdir=lambda wc, output: os.path.dirname(output.model),
         device=config["device"],
         workers=config["workers"],
-    log:
-        log_path("train_cam", "/{task}-{protocol}/seed{seed}/step{step}/{cam}.log"),
-    benchmark:
-        bench_path("train_cam", "/{task}-{protocol}/seed{seed}/step{step}/{cam}.tsv")
-    threads: config["threads"]["train"]
-    resources:
-        **res("train"),
-    conda:
-        ENV
     shell:
-        "{PYTHON} -m pipeline train-cam --cam {wildcards.cam} --split {input.split:q} --data {input.data:q}"
+        "{params.python} -m pipeline train-cam --cam {wildcards.cam} --split {input.split:q} --data {input.data:q}"
         " --params {params.cfg:q} --outdir {params.outdir:q} --seed {wildcards.seed} --device {params.device}"
         " --workers {params.workers} --threads {threads} > {log} 2>&1"
 
 
 rule pseudo_labels:
     input:
-        model=WSSS + "/model.pt",
+        model=WSSS_MODEL,
         split=SPLIT,
         data=DATA_INDEX,
     output:
-        cache=PSEUDO + ".h5",
-        quality=PSEUDO + "_quality.json",
-        figure=PSEUDO + "_examples.png",
+        cache=PSEUDO_CACHE,
+        quality=PSEUDO_QUALITY,
+        figure=PSEUDO_FIGURE,
+    log:
+        log_path("pseudo_labels", "{task}-{protocol}/seed{seed}/step{step}/{cam}"),
+    benchmark:
+        bench_path("pseudo_labels", "{task}-{protocol}/seed{seed}/step{step}/{cam}")
     wildcard_constraints:
         step=r"[1-9]\d*",
-    params:
-        cfg=lambda wc: params_json(cam=config["wsss"][wc.cam]),
-        device=config["device"],
-    log:
-        log_path("pseudo_labels", "/{task}-{protocol}/seed{seed}/step{step}/{cam}.log"),
-    benchmark:
-        bench_path("pseudo_labels", "/{task}-{protocol}/seed{seed}/step{step}/{cam}.tsv")
+    conda:
+        ENV
     threads: config["threads"]["evaluate"]
     resources:
         **res("evaluate"),
-    conda:
-        ENV
+    params:
+        python=PYTHON,
+        cfg=lambda wc: params_json(cam=config["wsss"][wc.cam]),
+        device=config["device"],
     shell:
-        "{PYTHON} -m pipeline pseudo-labels --cam {wildcards.cam} --model {input.model:q} --split {input.split:q}"
+        "{params.python} -m pipeline pseudo-labels --cam {wildcards.cam} --model {input.model:q} --split {input.split:q}"
         " --data {input.data:q} --params {params.cfg:q} --out {output.cache:q} --quality {output.quality:q}"
         " --figure {output.figure:q} --device {params.device} --threads {threads} > {log} 2>&1"
