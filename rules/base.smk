@@ -12,13 +12,15 @@ rule train_base:
         log_path("train_base", "{task}-{protocol}/seed{seed}"),
     benchmark:
         bench_path("train_base", "{task}-{protocol}/seed{seed}")
+    # Step 0 gates every method's step 1: scheduled before the cache producers when cores are few.
+    priority: 10
     conda:
         ENV
     threads: config["threads"]["train"]
     resources:
         **res("train"),
     params:
-        python=PYTHON,
+        python=lambda wc, resources: wf.training_launcher(PYTHON, resources.gpu),
         cfg=params_json(model=config["model"], train=config["train_base"]),
         outdir=lambda wc, output: os.path.dirname(output.model),
         device=config["device"],

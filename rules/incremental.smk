@@ -24,7 +24,7 @@ rule train_step:
     resources:
         **res("train"),
     params:
-        python=PYTHON,
+        python=lambda wc, resources: wf.training_launcher(PYTHON, resources.gpu),
         cfg=step_params,
         caches=method_options,
         outdir=lambda wc, output: os.path.dirname(output.model),

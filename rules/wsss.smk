@@ -22,7 +22,7 @@ rule train_cam:
     resources:
         **res("train"),
     params:
-        python=PYTHON,
+        python=lambda wc, resources: wf.training_launcher(PYTHON, resources.gpu),
         cfg=lambda wc: params_json(train=config["train_cam"][wc.cam], cam=config["wsss"][wc.cam]),
         outdir=lambda wc, output: os.path.dirname(output.model),
         device=config["device"],

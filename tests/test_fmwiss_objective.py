@@ -195,7 +195,7 @@ def test_shared_loop_runs_warmup_then_eq12(step, tmp_path):
         snapshots.append({k: v.detach().clone() for k, v in trained.named_parameters()})
         return {}
 
-    cfg = LoopConfig(epochs=2, batch_size=2, lr=0.01, amp=False, seed=0, eval_every=1)
+    cfg = LoopConfig(epochs=2, batch_size=2, lr=0.01, precision="float32", seed=0, eval_every=1)
     history = fit(model, fmwiss, _Samples(), cfg, tmp_path, torch.device("cpu"), validate=validate)
     assert "all_bce" not in history[0] and all(math.isfinite(history[0][k]) for k in ("new_bce", "dcl", "old_bce"))
     assert math.isfinite(history[1]["all_bce"]) and math.isfinite(history[1]["loss"])

@@ -1,13 +1,18 @@
 """MaskCLIP dense scores (FMWISS Eq. 1-3) on a random-init open_clip ViT, against hand computation."""
 
+import warnings
+
 import pytest
 import torch
 import torch.nn.functional as F
 
+from pipeline.data.classes import VOC_CLASSES
 from pipeline.foundation.maskclip import (
     CLIP_CLASS_NAMES,
+    MASKCLIP_VOC_CLASSES,
     dense_clip_scores,
     interpolate_pos_embed,
+    is_torchscript_archive,
     load_clip,
     maskclip_features,
     pixel_text_scores,
@@ -114,12 +119,23 @@ def test_text_embeddings_average_the_prompt_ensemble(clip):
         text_embeddings(model, tokenizer, [0], "photo")
 
 
-def test_clip_class_names_use_clip_wording():
-    assert CLIP_CLASS_NAMES[1] == "aeroplane"
+def test_clip_class_names_are_maskclips():
+    # chongzhou96/MaskCLIP tools/maskclip_utils/prompt_engineering.py, voc_classes, verbatim
+    maskclip = (
+        "['airplane', 'bicycle', 'bird', 'boat', 'bottle', 'bus', 'car', 'cat', 'chair', 'cow', 'dining table', "
+        "'dog', 'horse', 'motorbike', 'person', 'potted plant', 'sheep', 'sofa', 'train', 'tv monitor']"
+    )
+    assert str(list(MASKCLIP_VOC_CLASSES)) == maskclip
+    assert [CLIP_CLASS_NAMES[c] for c in range(1, 21)] == list(MASKCLIP_VOC_CLASSES)
+    assert CLIP_CLASS_NAMES[1] == "airplane"
     assert CLIP_CLASS_NAMES[11] == "dining table"
     assert CLIP_CLASS_NAMES[16] == "potted plant"
     assert CLIP_CLASS_NAMES[20] == "tv monitor"
     assert CLIP_CLASS_NAMES[14] == "motorbike"
+    # same classes as VOC's index order: only the wording differs
+    renamed = {"aeroplane": "airplane", "diningtable": "dining table", "pottedplant": "potted plant"}
+    renamed["tvmonitor"] = "tv monitor"
+    assert [renamed.get(name, name) for name in VOC_CLASSES[1:]] == list(MASKCLIP_VOC_CLASSES)
 
 
 def test_missing_local_weights_give_a_helpful_error(tmp_path):
@@ -143,3 +159,59 @@ def test_openai_tag_is_built_with_quick_gelu(monkeypatch, clip):
     assert seen["force_quick_gelu"] is False
     load_clip("ViT-B-16", "none")
     assert seen["pretrained"] is None and seen["force_quick_gelu"] is False
+
+
+def test_local_checkpoint_needs_quick_gelu_and_gets_the_activation_asked_for(tmp_path, clip):
+    from open_clip.transformer import QuickGELU
+
+    torch.save(clip[0].state_dict(), tmp_path / "vits16.pt")
+    with pytest.raises(ValueError, match="coseg.clip.quick_gelu is required"):
+        load_clip("ViT-S-16", str(tmp_path / "vits16.pt"))
+    for quick, activation in ((True, QuickGELU), (False, torch.nn.GELU)):
+        model, _ = load_clip("ViT-S-16", str(tmp_path / "vits16.pt"), quick_gelu=quick)
+        assert all(type(block.mlp.gelu) is activation for block in model.visual.transformer.resblocks)
+        assert torch.equal(model.visual.proj, clip[0].visual.proj)
+    # the activation changes the features: a silent mismatch would matter
+    images = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        quick = maskclip_features(load_clip("ViT-S-16", str(tmp_path / "vits16.pt"), quick_gelu=True)[0].visual, images)
+        exact = maskclip_features(clip[0].visual, images)
+    assert not torch.allclose(quick, exact, atol=1e-3)
+
+
+def test_quick_gelu_follows_the_tag_unless_set(monkeypatch, clip):
+    import open_clip
+
+    seen = {}
+
+    def fake_create_model(name, **kwargs):  # no network
+        seen.update(kwargs, name=name)
+        return clip[0]
+
+    monkeypatch.setattr(open_clip, "create_model", fake_create_model)
+    load_clip("ViT-B-16", "openai", quick_gelu=None)
+    assert seen["force_quick_gelu"] is True
+    load_clip("ViT-B-16", "openai", quick_gelu=False)  # explicit: honoured (with a warning)
+    assert seen["force_quick_gelu"] is False
+    load_clip("ViT-B-16", "laion2b_s34b_b88k", quick_gelu=True)
+    assert seen["force_quick_gelu"] is True
+    load_clip("ViT-B-16", "none", quick_gelu=True)
+    assert seen["force_quick_gelu"] is True
+    load_clip("ViT-B-16-quickgelu", "none")  # the architecture has it
+    assert seen["force_quick_gelu"] is True
+    with pytest.raises(ValueError, match="QuickGELU architecture"):
+        load_clip("ViT-B-16-quickgelu", "none", quick_gelu=False)
+
+
+def test_torchscript_checkpoint_is_refused_with_how_to_convert_it(tmp_path):
+    with warnings.catch_warnings():  # torch.jit.script is deprecated (FutureWarning); OpenAI's file is one
+        warnings.simplefilter("ignore", FutureWarning)
+        torch.jit.script(torch.nn.Linear(2, 2)).save(str(tmp_path / "ViT-B-16.pt"))
+    torch.save({"w": torch.zeros(2)}, tmp_path / "state.pt")
+    assert is_torchscript_archive(tmp_path / "ViT-B-16.pt")
+    assert not is_torchscript_archive(tmp_path / "state.pt")
+    with pytest.raises(ValueError, match="TorchScript") as error:
+        load_clip("ViT-B-16", str(tmp_path / "ViT-B-16.pt"), quick_gelu=True)
+    message = str(error.value)
+    assert "torch.jit.load" in message and "state_dict()" in message and "pretrained: openai" in message
+    assert "quick_gelu: true" in message

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from pipeline.objective import Objective
 from pipeline.train.loop import LoopConfig, Trainer, held_poly_factor
 
 
@@ -40,14 +41,11 @@ class _Points(Dataset):
         return {"id": str(i), "image": torch.full((3, 2, 2), float(i)), "mask": torch.zeros(2, 2, dtype=torch.long)}
 
 
-class _Objective:
+class _Objective(Objective):
     name = "probe"
 
     def __init__(self):
         self.lrs = []
-
-    def modules(self):
-        return {}
 
     def param_groups(self, model, lr):
         return [{"params": list(model.parameters())}]
@@ -67,7 +65,7 @@ class _Model(nn.Module):
 
 def test_loop_holds_the_lr_for_hold_epochs_then_decays(tmp_path):
     objective = _Objective()
-    cfg = LoopConfig(epochs=3, batch_size=2, lr=0.1, hold_epochs=1, poly_power=1.0, amp=False)
+    cfg = LoopConfig(epochs=3, batch_size=2, lr=0.1, hold_epochs=1, poly_power=1.0, precision="float32")
     trainer = Trainer(_Model(), objective, _Points(), cfg, tmp_path, torch.device("cpu"))
     seen = []  # the lr each optimizer step uses (torch's step pre-hook, no monkeypatching)
     trainer.optimizer.register_step_pre_hook(lambda opt, args, kwargs: seen.append(opt.param_groups[0]["lr"]))

@@ -21,7 +21,16 @@ WILSON = {
     "relaxed": False,
     "restrict_to_labels": True,
     "head_lr_mult": 10.0,
+    "localizer_self_sup": True,
+    "pamr_iterations": 10,
+    "pamr_dilations": [1, 2, 4, 8, 12],
+    "self_sup_cutoff_top": 0.6,
+    "self_sup_cutoff_bkg": 0.7,
+    "self_sup_cutoff_low": 0.2,
+    "feature_kd_weight": 1.0,
+    "pseudo_labels_eval_mode": True,
 }
+WILSON_NO_EXTRAS = {**WILSON, "localizer_self_sup": False, "feature_kd_weight": 0.0, "pseudo_labels_eval_mode": False}
 FMWISS = {
     "warmup_epochs": 1,
     "lambda_dcl": 0.1,
@@ -108,29 +117,68 @@ def test_step_context_freezes_the_old_model():
         build_method("wilson", WILSON)
 
 
-def test_wilson_warmup_trains_only_the_localizer():
+def _wilson_step(cfg):
+    """A 15-5 step-1 WILSON on resnet18 (the model starts as the old one) and a batch of two."""
     torch.manual_seed(0)
-    cfg = {"backbone": "resnet18", "output_stride": 16, "pretrained": "none"}
-    old = build_segmenter(cfg, [16])
-    model = build_segmenter(cfg, [16])
+    segmenter = {"backbone": "resnet18", "output_stride": 16, "pretrained": "none"}
+    old = build_segmenter(segmenter, [16])
+    model = build_segmenter(segmenter, [16])
     model.load_state_dict(old.state_dict())
     model.classifier.add_step(5)
     context = StepContext.build("15-5", 1, old)
-    wilson = build_method("wilson", WILSON, context, model)
+    wilson = build_method("wilson", cfg, context, model)
     labels = torch.zeros(2, 21)
     labels[0, 17] = labels[1, 20] = 1
     batch = {"image": torch.randn(2, 3, 64, 64), "valid": torch.ones(2, 64, 64, dtype=torch.bool), "labels": labels}
+    return old, model, wilson, batch
+
+
+def test_wilson_warmup_trains_only_the_localizer():
+    old, model, wilson, batch = _wilson_step(WILSON)
     losses = wilson.losses(batch, model(batch["image"]), epoch=0)
     assert set(losses) == {"cls", "loc"}
     sum(losses.values()).backward()
     assert all(p.grad is None for p in model.parameters())
     assert all(p.grad is not None for p in wilson.localizer.parameters())
     model.zero_grad(set_to_none=True)
+    out = model(batch["image"])
+    losses = wilson.losses(batch, out, epoch=1)
+    assert set(losses) == {"cls", "loc", "seg", "self_sup", "feature_kd"}
+    assert wilson.localizer.training  # the eval-mode pass for the pseudo-labels restored train mode
+    with torch.no_grad():
+        expected_kd = torch.nn.functional.mse_loss(out["features"], old(batch["image"])["features"])
+    torch.testing.assert_close(losses["feature_kd"].detach(), expected_kd)  # weight 1 (--loss_de 1)
+    assert torch.isfinite(losses["self_sup"]) and losses["self_sup"] >= 0
+    sum(losses.values()).backward()
+    assert model.classifier.blocks[1].weight.grad is not None
+    assert all(p.grad is not None for p in model.backbone.parameters() if p.requires_grad)
+    assert all(p.grad is None for p in old.parameters())
+
+
+def test_wilson_without_the_extras():
+    old, model, wilson, batch = _wilson_step(WILSON_NO_EXTRAS)
+    assert set(wilson.losses(batch, model(batch["image"]), epoch=0)) == {"cls", "loc"}
     losses = wilson.losses(batch, model(batch["image"]), epoch=1)
     assert set(losses) == {"cls", "loc", "seg"}
     sum(losses.values()).backward()
-    assert model.classifier.blocks[1].weight.grad is not None
     assert all(p.grad is None for p in old.parameters())
+
+
+def test_wilson_pseudo_labels_come_from_the_eval_mode_localizer():
+    """With running statistics far from the batch's, the eval-mode localizer gives other
+    pseudo-labels than the training-mode one, so ℓ_SEG differs; the training pass is unchanged."""
+    results = {}
+    for eval_mode in (True, False):
+        old, model, wilson, batch = _wilson_step({**WILSON, "pseudo_labels_eval_mode": eval_mode})
+        for module in wilson.localizer.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.fill_(5.0)
+        with torch.no_grad():
+            losses = wilson.losses(batch, model(batch["image"]), epoch=1)
+        results[eval_mode] = {k: float(v) for k, v in losses.items()}
+        assert wilson.localizer.training
+    assert results[True]["cls"] == pytest.approx(results[False]["cls"])
+    assert results[True]["seg"] != pytest.approx(results[False]["seg"])
 
 
 def test_fmwiss_data_aligns_coseg_masks_and_pasted_instances(tiny, tmp_path):

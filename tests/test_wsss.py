@@ -32,6 +32,9 @@ NET = {
     "pyramid_levels": [1, 2, 4],
     "gamma": 2.0,
     "detach_word_features": True,
+    "word_frequency_reduction": "sum",
+    "detach_after_stage": 2,
+    "cams_from": "image",
 }
 
 
@@ -181,7 +184,8 @@ TRAIN = {
     "poly_power": 0.9,
     "crop_size": 64,
     "scale_range": [0.75, 1.25],
-    "amp": True,
+    "precision": "auto",
+    "compile": False,
 }
 CAMS = {
     "cam": dict(NET, threshold=0.2, scales=[1.0, 0.5], flip=True),

@@ -9,21 +9,28 @@ binarised initial mask (:func:`sample_seeds`), and the rows of the last block's 
 Models are timm ViTs built by name with ``dynamic_img_size=True`` (any input size that is a
 multiple of the patch): DINO through timm's tags (``vit_small_patch16_224.dino``,
 ``vit_base_patch16_224.dino``, with ``pretrained: timm``), or iBOT / DINO official checkpoints from
-a local file mapped onto timm's ViT (:func:`load_ssl_checkpoint`); ``pretrained: none`` is random
-initialisation.
+a local file mapped onto timm's ViT (:func:`load_ssl_checkpoint`: backbone files, or the teacher
+of a full training checkpoint); ``pretrained: none`` is random initialisation. At any input size
+the position embedding is resampled by DINO/iBOT's rule (:func:`interpolate_pos_encoding`), not
+timm's.
 """
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import logging
-import pickle
+import math
+import types
 from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
+
+from pipeline.checkpoint import UnsafeCheckpointError, load_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +67,22 @@ def _download_hint(kind: str, model_name: str) -> str:
     )
 
 
+def _backbone_file_hint(kind: str | None, arch: str) -> str:
+    """Which official file to use for ``kind`` (``ibot`` | ``dino`` | None: both) and ``arch``."""
+    hints = []
+    if kind in (None, "dino"):
+        url = CHECKPOINT_URLS["dino"].get(arch)
+        name = url.rsplit("/", 1)[-1] if url else "dino_<arch>_pretrain.pth (e.g. dino_vitbase16_pretrain.pth)"
+        hints.append(
+            f"DINO: the backbone-only {name}{f' ({url})' if url else ''}, or DINO's full training "
+            "checkpoint.pth (its 'teacher' weights are taken)"
+        )
+    if kind in (None, "ibot"):
+        url = CHECKPOINT_URLS["ibot"].get(arch)
+        hints.append(f"iBOT: checkpoint_teacher.pth{f' ({url})' if url else ''}")
+    return "; ".join(hints)
+
+
 def _checkpoint_state_dict(obj: object, path: Path) -> dict[str, Tensor]:
     """The backbone tensors of a loaded iBOT/DINO checkpoint object, keys as in timm's ViT."""
     if isinstance(obj, Mapping):
@@ -80,11 +103,14 @@ def _checkpoint_state_dict(obj: object, path: Path) -> dict[str, Tensor]:
     return out
 
 
-def load_ssl_checkpoint(model: nn.Module, path: str | Path) -> None:
+def load_ssl_checkpoint(model: nn.Module, path: str | Path, kind: str | None = None) -> None:
     """Load an official iBOT or DINO ViT checkpoint into a timm ``VisionTransformer``.
 
     Key mapping: the tensors are taken from ``state_dict`` (iBOT's ``checkpoint_teacher.pth``),
-    ``teacher`` (iBOT/DINO full checkpoints) or the top level (DINO's ``*_pretrain.pth``);
+    ``teacher`` (iBOT/DINO full training checkpoints, ``{"student", "teacher", "optimizer",
+    "epoch", "args", ...}``: the teacher, as DINO's ``load_pretrained_weights`` with its default
+    ``checkpoint_key="teacher"``; their ``args`` is an ``argparse.Namespace``, the one Python class
+    allowed besides the safe loader's) or the top level (DINO's ``*_pretrain.pth``);
     the prefixes ``module.``, ``backbone.``, ``encoder.`` are stripped; projection heads
     (``head.*``, ``last_layer``) and the mask token (``masked_embed``) are dropped. The remaining
     names (``cls_token``, ``pos_embed``, ``patch_embed.proj``, ``blocks.i.{norm1,attn.qkv,
@@ -94,10 +120,14 @@ def load_ssl_checkpoint(model: nn.Module, path: str | Path) -> None:
     Args:
         model: a timm ViT of the checkpoint's architecture (e.g. ``vit_large_patch16_224``,
             ``num_classes=0``).
-        path: the ``.pth`` file.
+        path: the ``.pth`` file, read with the safe unpickler only
+            (:func:`pipeline.checkpoint.load_checkpoint`).
+        kind: ``"ibot"`` / ``"dino"`` (names the right file in errors), or None.
     Raises:
-        FileNotFoundError: no such file; ValueError: not a state dict, or tensors missing /
-            of another shape than the model's (names them).
+        FileNotFoundError: no such file; pipeline.checkpoint.CheckpointError (a ValueError): an
+            empty, truncated or corrupt file, or one holding Python objects besides tensors
+            (refused: it could run code; names the global); ValueError: not a state dict, or
+            tensors missing / of another shape than the model's (names them).
     """
     from timm.layers import resample_abs_pos_embed
 
@@ -105,12 +135,12 @@ def load_ssl_checkpoint(model: nn.Module, path: str | Path) -> None:
     if not path.is_file():
         raise FileNotFoundError(f"coseg.ssl.checkpoint {path}: file not found")
     try:
-        loaded = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:  # full training checkpoints also pickle their args
-        raise ValueError(
-            f"{path}: holds more than tensors ({error}); use the backbone file "
-            "(iBOT: checkpoint_teacher.pth, or extract_backbone_weights.py)"
-        ) from error
+        # full training checkpoints also pickle their argparse args: a plain attribute holder
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            loaded = load_checkpoint(path, "cpu", what="coseg.ssl.checkpoint")
+    except UnsafeCheckpointError as error:
+        arch = (getattr(model, "pretrained_cfg", None) or {}).get("architecture", "")
+        raise UnsafeCheckpointError(f"{error}. Use the official file: {_backbone_file_hint(kind, arch)}") from None
     state = _checkpoint_state_dict(loaded, path)
     own = model.state_dict()
     if "pos_embed" in state and state["pos_embed"].shape != own["pos_embed"].shape:
@@ -133,6 +163,81 @@ def load_ssl_checkpoint(model: nn.Module, path: str | Path) -> None:
     model.load_state_dict({k: state[k] for k in own})
 
 
+def interpolate_pos_encoding(pos_embed: Tensor, grid: tuple[int, int], num_prefix_tokens: int = 1) -> Tensor:
+    """Resample a ViT's position embedding to a patch grid with DINO's and iBOT's rule.
+
+    DINO ``vision_transformer.py`` ``VisionTransformer.interpolate_pos_encoding`` (iBOT's
+    ``models/vision_transformer.py`` is the same code): the N checkpoint positions form a
+    √N × √N grid, resampled with ``F.interpolate(..., scale_factor=((h + 0.1) / √N,
+    (w + 0.1) / √N), mode="bicubic")`` (``align_corners=False``, no antialias). With the scale
+    factor given (not the output size), the output has floor(√N (h + 0.1) / √N) = h rows, but the
+    sampling positions use the scale (h + 0.1) / √N, not h / √N; the "+ 0.1" is DINO's guard
+    against floor() losing a row (facebookresearch/dino issue 8). timm's ``dynamic_img_size``
+    (``resample_abs_pos_embed``) instead samples at the exact ratio h / √N with antialiasing, which
+    gives other embeddings whenever the grid changes (448-px inputs: every image). As in DINO, the
+    embedding is returned unchanged only when the grid has N positions *and* is square (a non-square
+    grid of N positions is still resampled).
+
+    Args:
+        pos_embed: (1, P + N, C) float: the P prefix rows (DINO/iBOT: the class token), then the
+            √N × √N grid in raster order.
+        grid: (h, w) target patch grid (rows, columns: DINO's ``w0, h0`` of an image
+            ``(B, C, w, h)``).
+        num_prefix_tokens: P, rows before the grid (kept unchanged).
+    Returns:
+        (1, P + h * w, C): the prefix rows, then the resampled grid in raster order; ``pos_embed``
+        itself when no resampling is needed.
+    Raises:
+        ValueError: the grid part of ``pos_embed`` is not square.
+    """
+    prefix, patches = pos_embed[:, :num_prefix_tokens], pos_embed[:, num_prefix_tokens:]
+    count, dim = patches.shape[1], patches.shape[2]
+    side = math.isqrt(count)
+    if side * side != count:
+        raise ValueError(f"interpolate_pos_encoding: {count} grid positions do not form a square grid")
+    rows, cols = int(grid[0]), int(grid[1])
+    if rows * cols == count and rows == cols:
+        return pos_embed
+    patches = F.interpolate(
+        patches.reshape(1, side, side, dim).permute(0, 3, 1, 2),
+        scale_factor=((rows + 0.1) / side, (cols + 0.1) / side),
+        mode="bicubic",
+    )
+    if tuple(patches.shape[-2:]) != (rows, cols):  # DINO asserts the same
+        raise RuntimeError(f"interpolate_pos_encoding: got a {tuple(patches.shape[-2:])} grid, expected {grid}")
+    return torch.cat([prefix, patches.permute(0, 2, 3, 1).reshape(1, rows * cols, dim)], dim=1)
+
+
+def _dino_pos_embed(self: nn.Module, x: Tensor) -> Tensor:
+    """timm ``VisionTransformer._pos_embed`` with DINO/iBOT's resampling
+    (:func:`interpolate_pos_encoding`): prepend the class token, add the position embedding of
+    the input's patch grid. Installed on the SSL ViT by :func:`load_ssl`.
+
+    ``x``: (B, h, w, C) patch embeddings (``dynamic_img_size``). ViTs that do not have DINO's
+    layout (class token only, position embedding covering it) keep timm's own method.
+    """
+    layout_is_dinos = (
+        x.ndim == 4
+        and self.pos_embed is not None
+        and self.cls_token is not None
+        and getattr(self, "reg_token", None) is None
+        and not getattr(self, "no_embed_class", False)
+    )
+    if not layout_is_dinos:
+        return type(self)._pos_embed(self, x)
+    batch, rows, cols, dim = x.shape
+    pos_embed = interpolate_pos_encoding(self.pos_embed, (rows, cols), num_prefix_tokens=1)
+    x = torch.cat([self.cls_token.expand(batch, -1, -1), x.reshape(batch, rows * cols, dim)], dim=1)
+    return self.pos_drop(x + pos_embed)
+
+
+def use_dino_pos_embed(model: nn.Module) -> nn.Module:
+    """Make a timm ViT resample its position embedding as DINO and iBOT do, for every input
+    grid (:func:`interpolate_pos_encoding`); returns ``model``."""
+    model._pos_embed = types.MethodType(_dino_pos_embed, model)
+    return model
+
+
 def load_ssl(
     model_name: str = "vit_large_patch16_224",
     pretrained: str = "ibot",
@@ -140,6 +245,10 @@ def load_ssl(
     device: torch.device | str = "cpu",
 ) -> nn.Module:
     """Build the self-supervised ViT of Eq. 4 (timm, ``dynamic_img_size=True``, no head), frozen.
+
+    Its position embedding is resampled to the input's patch grid by DINO/iBOT's rule
+    (:func:`use_dino_pos_embed`), not timm's: the weights are DINO's or iBOT's, and these are the
+    embeddings they produce at, e.g., ``coseg.input_size: 448``.
 
     Args:
         model_name: timm name, optionally with a pretrained tag (``vit_base_patch16_224.dino``).
@@ -174,13 +283,14 @@ def load_ssl(
             "network once), or use pretrained: ibot/dino with a local checkpoint"
         ) from error
     if pretrained in ("ibot", "dino"):
-        load_ssl_checkpoint(model, checkpoint)
+        load_ssl_checkpoint(model, checkpoint, pretrained)
     blocks = getattr(model, "blocks", None)
     if not blocks or not hasattr(blocks[-1], "attn") or not hasattr(blocks[-1].attn, "qkv"):
         raise ValueError(
             f"coseg.ssl.model {model_name!r}: expected a timm ViT whose last block has "
             "an Attention with a fused qkv projection"
         )
+    use_dino_pos_embed(model)
     return model.to(device).eval().requires_grad_(False)
 
 
@@ -302,6 +412,7 @@ def sample_seeds(foreground: np.ndarray, n: int, rng: np.random.Generator) -> np
 
 __all__ = [
     "CHECKPOINT_URLS",
+    "interpolate_pos_encoding",
     "last_block_qk",
     "load_ssl",
     "load_ssl_checkpoint",
@@ -309,4 +420,5 @@ __all__ = [
     "seed_attention",
     "seed_rng",
     "ssl_mean_std",
+    "use_dino_pos_embed",
 ]

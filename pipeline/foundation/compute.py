@@ -158,7 +158,8 @@ class CosegModels:
     def __init__(self, cfg: Mapping, classes: Sequence[int], device: torch.device):
         self.cfg, self.device, self.classes = cfg, device, list(classes)
         torch.manual_seed(cfg["seed"])
-        self.clip, tokenizer = load_clip(cfg["clip"]["model"], cfg["clip"]["pretrained"], device)
+        clip = cfg["clip"]
+        self.clip, tokenizer = load_clip(clip["model"], clip["pretrained"], device, quick_gelu=clip["quick_gelu"])
         ssl = cfg["ssl"]
         self.ssl = load_ssl(ssl["model"], ssl["pretrained"], ssl["checkpoint"], device)
         self.text = text_embeddings(self.clip, tokenizer, self.classes, cfg["clip"]["templates"], device)

@@ -53,7 +53,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from pipeline import __version__
 from pipeline.config import validated_section
+from pipeline.foundation.maskclip import resolve_quick_gelu
 from pipeline.foundation.settings import READ_KEYS, READ_TIME_KEYS
 from pipeline.io import file_sha256 as io_file_sha256
 
@@ -62,6 +64,11 @@ FUSIONS = ("union", "intersection", "none")
 TOP_K_RULES = ("quantile", "locations", "mass")
 TEMPLATE_SETS = ("openai", "simple", "photo")
 SSL_PRETRAINED = ("ibot", "dino", "timm", "none")
+
+
+#: Bumped when what the foundation models compute for the same settings changes, so older caches
+#: are recomputed: 2 = DINO/iBOT's position-embedding interpolation, MaskCLIP's VOC class names.
+COSEG_ALGORITHM = 2
 
 
 def _check_choice(value: Any, choices: Sequence[str], key: str) -> None:
@@ -157,11 +164,10 @@ def expected_provenance(cfg: Mapping) -> dict:
     Raises:
         ValueError: bad config; FileNotFoundError: a configured weights file is missing.
     """
-    from pipeline import __version__
-
     cfg = resolve_config(cfg)
     provenance = {
         "stage": "coseg",
+        "algorithm": COSEG_ALGORITHM,
         "source": cfg["source"],
         "n_seeds": cfg["n_seeds"],
         "seed": cfg["seed"],
@@ -182,6 +188,7 @@ def expected_provenance(cfg: Mapping) -> dict:
             "clip_model": clip["model"],
             "clip_pretrained": clip_weights,
             "clip_templates": clip["templates"],
+            "clip_quick_gelu": resolve_quick_gelu(clip["model"], clip["pretrained"], clip["quick_gelu"]),
             "ssl_model": ssl["model"],
             "ssl_pretrained": ssl["pretrained"],
             "ssl_checkpoint": ssl_weights,

@@ -14,7 +14,9 @@ open_clip is imported lazily (it is slow to import), so that reading a cache nev
 from __future__ import annotations
 
 import logging
+import zipfile
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -24,11 +26,38 @@ from pipeline.data.classes import VOC_CLASSES
 
 log = logging.getLogger(__name__)
 
-#: VOC class names in CLIP's wording (CLIP repo, ``data/prompts.md``, PASCAL VOC 2007), by index.
-CLIP_CLASS_NAMES: dict[int, str] = {
-    index: {"diningtable": "dining table", "pottedplant": "potted plant", "tvmonitor": "tv monitor"}.get(name, name)
-    for index, name in enumerate(VOC_CLASSES)
-}
+#: The 20 VOC object classes as MaskCLIP names them for its text embeddings (chongzhou96/MaskCLIP,
+#: ``tools/maskclip_utils/prompt_engineering.py``, the script that writes the ``*_clip_text.pth``
+#: classifiers MaskCLIP uses): ``voc_classes = ['airplane', 'bicycle', 'bird', 'boat', 'bottle',
+#: 'bus', 'car', 'cat', 'chair', 'cow', 'dining table', 'dog', 'horse', 'motorbike', 'person',
+#: 'potted plant', 'sheep', 'sofa', 'train', 'tv monitor']``, in VOC's index order. (CLIP's own
+#: ``data/prompts.md`` PascalVOC2007 list keeps VOC's file names, 'aeroplane', 'diningtable',
+#: 'pottedplant', 'tvmonitor', and another order; FMWISS uses MaskCLIP's mechanism, so MaskCLIP's.)
+MASKCLIP_VOC_CLASSES: tuple[str, ...] = (
+    "airplane",
+    "bicycle",
+    "bird",
+    "boat",
+    "bottle",
+    "bus",
+    "car",
+    "cat",
+    "chair",
+    "cow",
+    "dining table",
+    "dog",
+    "horse",
+    "motorbike",
+    "person",
+    "potted plant",
+    "sheep",
+    "sofa",
+    "train",
+    "tv monitor",
+)
+#: Text name of every VOC class index (1..20 from :data:`MASKCLIP_VOC_CLASSES`; 0 is background,
+#: never prompted).
+CLIP_CLASS_NAMES: dict[int, str] = {0: VOC_CLASSES[0], **dict(enumerate(MASKCLIP_VOC_CLASSES, start=1))}
 
 
 def prompt_templates(name: str) -> tuple:
@@ -54,33 +83,124 @@ def prompt_templates(name: str) -> tuple:
     raise ValueError(f"coseg.clip.templates: {name!r} is not one of ['openai', 'simple', 'photo']")
 
 
+def is_torchscript_archive(path: str | Path) -> bool:
+    """Whether ``path`` is a TorchScript archive (``torch.jit.save``; OpenAI's original CLIP
+    ``ViT-B-16.pt`` is one): a zip with a ``constants.pkl`` record or a ``code/`` folder, which a
+    ``torch.save`` file never has."""
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        names = archive.namelist()
+    return any(name.rsplit("/", 1)[-1] == "constants.pkl" or "/code/" in f"/{name}" for name in names)
+
+
+def _torchscript_error(path: str) -> ValueError:
+    return ValueError(
+        f"coseg.clip.pretrained={path!r} is a TorchScript archive (as OpenAI's original ViT-B-16.pt), "
+        "which the safe loader does not read (it can run code). Either set coseg.clip.pretrained: openai "
+        "(open_clip downloads OpenAI's weights and converts them itself; cached after the first use), or "
+        "convert the file once, in a session where you trust it: "
+        "import torch; sd = torch.jit.load(PATH, map_location='cpu').state_dict(); "
+        "[sd.pop(k, None) for k in ('input_resolution', 'context_length', 'vocab_size')]; "
+        "torch.save(sd, 'ViT-B-16-openai.pt') - then set coseg.clip.pretrained to the new file and "
+        "coseg.clip.quick_gelu: true (OpenAI's CLIP was trained with QuickGELU)"
+    )
+
+
+def resolve_quick_gelu(model_name: str, pretrained: str | None, quick_gelu: bool | None = None) -> bool:
+    """Whether the CLIP model is built with QuickGELU (``x · σ(1.702 x)``, OpenAI's activation)
+    instead of exact GELU; a model run with the other activation than its weights were trained
+    with gives wrong features without any error.
+
+    Args:
+        model_name: open_clip architecture. A ``*-quickgelu`` architecture always has QuickGELU.
+        pretrained: open_clip tag, local file, or ``none`` / None.
+        quick_gelu: ``coseg.clip.quick_gelu``: True / False, or None to infer it: from the tag's
+            open_clip config (``openai``: true; other tags of plain architectures: false), false
+            for random init, and *required* for a local file (its tensors do not record the
+            activation).
+    Returns:
+        The activation to build: True for QuickGELU.
+    Raises:
+        ValueError: a local file without ``quick_gelu``; ``quick_gelu: false`` with a QuickGELU
+            architecture.
+    """
+    from open_clip import get_model_config
+    from open_clip.pretrained import get_pretrained_cfg
+
+    if bool((get_model_config(model_name) or {}).get("quick_gelu", False)):
+        if quick_gelu is False:
+            raise ValueError(
+                f"coseg.clip.quick_gelu: false, but {model_name!r} is a QuickGELU architecture; "
+                "use the architecture without '-quickgelu', or quick_gelu: true"
+            )
+        return True
+    weights = None if pretrained in (None, "none") else pretrained
+    tag = get_pretrained_cfg(model_name, weights) if weights else {}
+    if quick_gelu is not None:
+        if tag and bool(tag.get("quick_gelu", False)) != bool(quick_gelu):
+            log.warning(
+                "coseg.clip.quick_gelu=%s differs from open_clip's setting for %s/%s (%s)",
+                quick_gelu,
+                model_name,
+                weights,
+                tag.get("quick_gelu", False),
+            )
+        return bool(quick_gelu)
+    if weights is None or tag:
+        return bool(tag.get("quick_gelu", False))
+    raise ValueError(
+        f"coseg.clip.quick_gelu is required for the local checkpoint coseg.clip.pretrained={pretrained!r}: "
+        "its tensors do not say which activation it was trained with. Set true for OpenAI's CLIP weights "
+        "(converted from OpenAI's ViT-B-16.pt, or open_clip's 'openai' files), false for weights trained "
+        "with exact GELU (e.g. open_clip's LAION / DataComp checkpoints of non-quickgelu architectures)"
+    )
+
+
 def load_clip(
-    model_name: str = "ViT-B-16", pretrained: str = "openai", device: torch.device | str = "cpu"
+    model_name: str = "ViT-B-16",
+    pretrained: str = "openai",
+    device: torch.device | str = "cpu",
+    quick_gelu: bool | None = None,
 ) -> tuple[nn.Module, object]:
     """Build an open_clip model and its tokenizer, in eval mode with frozen weights.
 
     Args:
         model_name: open_clip architecture (``open_clip.list_models()``), e.g. ``"ViT-B-16"``.
         pretrained: an open_clip pretrained tag (``"openai"``, ``"laion2b_s34b_b88k"``...; the
-            weights come from open_clip's cache or the hub), a path to a local checkpoint file,
-            or ``"none"`` for random initialisation (same code path otherwise; seed torch first
-            for a reproducible init). A tag trained with QuickGELU (``openai``) gets QuickGELU.
+            weights come from open_clip's cache or the hub), a path to a local checkpoint file
+            (a state dict; TorchScript archives are refused with how to convert them), or
+            ``"none"`` for random initialisation (same code path otherwise; seed torch first for a
+            reproducible init).
         device: where to put the model.
+        quick_gelu: ``coseg.clip.quick_gelu`` (:func:`resolve_quick_gelu`): None follows the tag
+            (QuickGELU for ``openai``) and is an error for a local file.
     Returns:
         ``(model, tokenizer)``.
     Raises:
         RuntimeError: the weights cannot be loaded (message says how to get them);
-            ValueError: the architecture has no ViT image tower usable by :func:`maskclip_features`.
+            ValueError: a TorchScript file, ``quick_gelu`` missing for a local file, or an
+            architecture without a ViT image tower usable by :func:`maskclip_features`.
     """
     import open_clip
     from open_clip.pretrained import get_pretrained_cfg
 
     weights = None if pretrained in (None, "none") else pretrained
+    if weights and not get_pretrained_cfg(model_name, weights) and ":" not in model_name:
+        if not Path(weights).is_file():
+            raise RuntimeError(
+                f"coseg.clip.pretrained={pretrained!r}: neither an open_clip tag of {model_name!r} "
+                "(open_clip.list_pretrained_tags_by_model) nor an existing checkpoint file; offline, put the "
+                "checkpoint file on disk and set coseg.clip.pretrained to its path, or use 'none' (random init, "
+                "for tests)"
+            )
+        if is_torchscript_archive(weights):
+            raise _torchscript_error(weights)
     # OpenAI's weights were trained with QuickGELU, which open_clip's "ViT-B-16" config does not
-    # use unless told (it only warns): follow the tag's own setting.
-    quick_gelu = bool(weights and get_pretrained_cfg(model_name, weights).get("quick_gelu", False))
+    # use unless told (it only warns for a tag, and says nothing for a local file).
+    force_quick_gelu = resolve_quick_gelu(model_name, weights, quick_gelu)
     try:
-        model = open_clip.create_model(model_name, pretrained=weights, device=device, force_quick_gelu=quick_gelu)
+        model = open_clip.create_model(model_name, pretrained=weights, device=device, force_quick_gelu=force_quick_gelu)
     except (RuntimeError, OSError, ValueError) as error:
         raise RuntimeError(
             f"coseg.clip: cannot build open_clip model {model_name!r} with pretrained={pretrained!r} "
@@ -284,13 +404,16 @@ def dense_clip_scores(model: nn.Module, images: Tensor, text_embeddings: Tensor)
 
 __all__ = [
     "CLIP_CLASS_NAMES",
+    "MASKCLIP_VOC_CLASSES",
     "clip_mean_std",
     "dense_clip_scores",
     "interpolate_pos_embed",
+    "is_torchscript_archive",
     "load_clip",
     "maskclip_features",
     "maskclip_value_path",
     "pixel_text_scores",
     "prompt_templates",
+    "resolve_quick_gelu",
     "text_embeddings",
 ]

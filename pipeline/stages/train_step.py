@@ -39,6 +39,37 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_run_arguments(parser, 'JSON: {"train": {...}, "method": {...}} (config train_step and methods.<name>)')
 
 
+def check_previous(path, meta: dict, split: dict) -> None:
+    """Check that the ``--previous`` model (its ``meta``) is step t-1 of the split's task and protocol.
+
+    The model must be of the split's task and step t-1, of its protocol (an overlap base model
+    under a disjoint step would train without an error and report the wrong setting), and have
+    one output channel per class seen before step t (background + old classes).
+
+    Raises:
+        ValueError: naming the file, what it is and what the split needs.
+    """
+    task, step, protocol = split["task"], split["step"], split["protocol"]
+    if (meta.get("task"), meta.get("step")) != (task, step - 1):
+        raise ValueError(
+            f"{path} is task {meta.get('task')} step {meta.get('step')}; "
+            f"step {step} of {task} starts from step {step - 1}"
+        )
+    if meta.get("protocol") != protocol:
+        raise ValueError(
+            f"{path} is a model of the {meta.get('protocol')} protocol; step {step} of {task} {protocol} "
+            f"starts from step {step - 1} of the {protocol} protocol"
+        )
+    expected = len(split["seen_classes"]) - len(split["new_classes"])
+    channels = sum(meta.get("classes_per_step", []))
+    if channels != expected:
+        raise ValueError(
+            f"{path} has {channels} output classes (per step: {meta.get('classes_per_step')}); step {step} of "
+            f"{task} {protocol} starts from the {expected} classes seen before it (background + old classes "
+            f"{split['old_classes']})"
+        )
+
+
 def run(args: argparse.Namespace) -> None:
     params, split, device = start_run(args)
     train, method_cfg = params["train"], params["method"]
@@ -47,11 +78,7 @@ def run(args: argparse.Namespace) -> None:
         raise ValueError(f"{args.split}: train-step needs a step t >= 1, got {step} (step 0 is train-base)")
 
     old_model, meta = load_model(args.previous, device)
-    if (meta.get("task"), meta.get("step")) != (task, step - 1):
-        raise ValueError(
-            f"{args.previous} is task {meta.get('task')} step {meta.get('step')}; "
-            f"step {step} of {task} starts from step {step - 1}"
-        )
+    check_previous(args.previous, meta, split)
     seed_everything(args.seed)
     model, _ = load_model(args.previous, device)
     context = StepContext.build(task, step, old_model)

@@ -1,18 +1,27 @@
 """The one training loop every method runs in; a method plugs in an
 :class:`pipeline.objective.Objective` (every hook has a default there, so the loop calls them all).
 
-The loop owns the device, AMP and channels_last (CUDA only), the SGD optimiser with the
+The loop owns the device, the precision (:mod:`pipeline.train.precision`: bf16/fp16 autocast on
+CUDA, bf16 on CPUs where a probe shows it is faster), channels_last, optional ``torch.compile``,
+data parallelism over processes (:mod:`pipeline.train.distributed`), the SGD optimiser with the
 poly learning-rate schedule, checkpoints every epoch (model, objective modules, optimiser,
-scheduler, AMP scaler, epoch, history, RNG states), automatic resume after a kill, progress bars
-and the per-epoch log line and metrics history. A method owns only its losses and targets.
+scheduler, scaler, epoch, history), automatic resume after a kill, progress bars, the per-epoch
+log line and the metrics history. A method owns only its losses, targets and extra modules.
 
-Determinism: every epoch re-seeds torch/numpy/random and the data order from ``(seed, epoch)``,
-so an epoch computes the same thing whether the run was interrupted before it or not; on the CPU
-a fixed seed gives the same weights bit for bit (tests/test_train_resume.py shows it).
+Determinism: the data order of an epoch is a permutation seeded by ``(seed, epoch)`` and every
+sample is augmented under its own seed ``(seed, epoch, index)`` (:class:`EpochSampler`,
+:class:`SeededSamples`), and each epoch re-seeds torch/numpy/random, so an epoch computes the
+same thing whether the run was interrupted before it or not, with any number of data workers,
+and (to float tolerance) with any number of processes sharing the global batch; on the CPU a
+fixed seed gives the same weights bit for bit (tests/test_train_resume.py).
+
+No host synchronisation per iteration: losses are summed on the device and their finiteness is
+checked every ``finite_check_every`` iterations and at the end of each epoch.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import functools
 import hashlib
@@ -32,9 +41,21 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from pipeline.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from pipeline.data.transforms import pad_collate
-from pipeline.io import atomic_path, write_text
+from pipeline.io import file_sha256, write_text
 from pipeline.objective import Objective
+from pipeline.train.distributed import (
+    SINGLE,
+    EpochSampler,
+    SeededSamples,
+    World,
+    all_mean,
+    any_true,
+    average_gradients,
+    barrier,
+)
+from pipeline.train.precision import Precision, resolve_precision
 
 log = logging.getLogger(__name__)
 
@@ -45,16 +66,23 @@ class LoopConfig:
 
     Attributes:
         epochs: number of passes over the training set.
-        batch_size: images per iteration (the last incomplete batch is dropped).
+        batch_size: images per iteration over all processes (the global batch; the last
+            incomplete batch is dropped).
         lr: base learning rate of SGD; objectives may scale it per parameter group.
         momentum, weight_decay: SGD settings (0.9, 1e-4 in the papers).
         poly_power: exponent of the polynomial decay lr * (1 - it / total) ** power.
         seed: seeds data order, augmentation and initialisation-time randomness.
-        amp: mixed precision (float16 autocast + grad scaling), used on CUDA only.
+        precision: ``auto`` | ``bfloat16`` | ``float16`` | ``float32`` (see
+            :func:`pipeline.train.precision.resolve_precision`).
+        compile: run the model through ``torch.compile``.
         eval_every: run the validation callback every N epochs (0: only at the end, if given).
         hold_epochs: the first N epochs keep the learning rate ``lr``; the poly decay runs over
             the remaining ``epochs - hold_epochs`` (FMWISS warms its teacher up "before training
             the segmentation model", Sec. 4.2; WILSON decays "then", after its warm-up, Sec. 4.3).
+        finite_check_every: iterations between two checks that the losses are finite and below
+            ``loss_limit`` (each check is one host synchronisation; also checked at epoch end).
+        loss_limit: a loss above it stops the run as diverging (a guard, not a hyper-parameter:
+            the papers' losses stay below ~10² per pixel and class summed).
     """
 
     epochs: int
@@ -64,9 +92,12 @@ class LoopConfig:
     weight_decay: float = 1e-4
     poly_power: float = 0.9
     seed: int = 0
-    amp: bool = True
+    precision: str = "auto"
+    compile: bool = False
     eval_every: int = 0
     hold_epochs: int = 0
+    finite_check_every: int = 50
+    loss_limit: float = 1.0e6
 
 
 def held_poly_factor(iteration: int, hold_iters: int, total_iters: int, power: float) -> float:
@@ -105,38 +136,9 @@ def epoch_seed(seed: int, epoch: int) -> int:
     return (seed * 1_000_003 + epoch * 7_919) % 2**62
 
 
-def _worker_init(worker_id: int) -> None:
-    np.random.seed(torch.initial_seed() % 2**32)
-    random.seed(torch.initial_seed())
-
-
-def _rng_state() -> dict:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
 def fingerprint(*parts) -> str:
     """A short hash of JSON-serialisable parts; a checkpoint resumes only if it matches."""
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def file_digest(path: str | Path) -> str:
-    """sha256 of a file's bytes (hex, first 16 characters): ties a checkpoint to its inputs."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()[:16]
 
 
 def write_history(path: Path, history: list[dict]) -> None:
@@ -151,8 +153,24 @@ def write_history(path: Path, history: list[dict]) -> None:
     write_text(path, buffer.getvalue())
 
 
+def file_digest(path: str | Path) -> str:
+    """sha256 of a file's bytes (hex, first 16 characters): ties a checkpoint to its inputs."""
+    return file_sha256(path)[:16]
+
+
+class DivergenceError(FloatingPointError):
+    """A loss became non-finite or exceeded the loop's ``loss_limit``; the last checkpoint is kept."""
+
+
 class Trainer:
-    """Runs :func:`fit`; kept as a class so stages can reach the optimiser and history."""
+    """Runs :func:`fit`; kept as a class so stages can reach the optimiser and history.
+
+    Args: see :func:`fit`; ``world`` is this process's place among the training processes
+    (:func:`pipeline.train.distributed.init_distributed`).
+    Raises:
+        ValueError: fewer images than one batch, a batch not divisible by the processes, or a bad
+            ``hold_epochs``/precision.
+    """
 
     def __init__(
         self,
@@ -165,57 +183,87 @@ class Trainer:
         workers: int = 0,
         validate: Callable[[nn.Module], dict] | None = None,
         tag: str = "",
+        world: World = SINGLE,
     ):
         self.model, self.objective, self.dataset, self.cfg = model, objective, dataset, cfg
         self.run_dir = Path(run_dir)
-        self.device, self.workers, self.validate = device, workers, validate
-        self.use_amp = cfg.amp and device.type == "cuda"
+        self.device, self.workers, self.validate, self.world = device, workers, validate, world
+        self.precision: Precision = resolve_precision(cfg.precision, device)
+        log.info("precision: %s", self.precision.reason)
         self.checkpoint_path = self.run_dir / "checkpoint.pt"
         self.history_path = self.run_dir / "history.csv"
-        self.fingerprint = fingerprint(asdict(cfg), objective.name, tag, len(dataset))
-        if len(dataset) < cfg.batch_size:
-            raise ValueError(f"training set has {len(dataset)} images, fewer than batch_size={cfg.batch_size}")
-        self.iters_per_epoch = len(dataset) // cfg.batch_size
+        self.fingerprint = fingerprint(asdict(cfg), self.precision.name, objective.name, tag, len(dataset))
+        self.sampler = EpochSampler(len(dataset), cfg.batch_size, cfg.seed, world)
+        self.iters_per_epoch = self.sampler.iterations
+        if not 0 <= cfg.hold_epochs <= cfg.epochs:
+            raise ValueError(f"hold_epochs={cfg.hold_epochs}: must be in [0, epochs={cfg.epochs}]")
 
         self.extra = nn.ModuleDict(objective.modules())
-        memory_format = torch.channels_last if device.type == "cuda" else torch.contiguous_format
+        if world.distributed and device.type == "cuda":  # BN statistics over the global batch
+            self.model = model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+            self.extra = nn.SyncBatchNorm.convert_sync_batchnorm(self.extra)
+        memory_format = torch.channels_last if self.precision.channels_last else torch.contiguous_format
         self.model.to(device, memory_format=memory_format)
         self.extra.to(device)
+        if device.type == "cuda":
+            torch.backends.cudnn.benchmark = True
+        self.forward = torch.compile(self.model) if cfg.compile else self.model
         self.optimizer = torch.optim.SGD(
             objective.param_groups(model, cfg.lr), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
         )
-        if not 0 <= cfg.hold_epochs <= cfg.epochs:
-            raise ValueError(f"hold_epochs={cfg.hold_epochs}: must be in [0, epochs={cfg.epochs}]")
+        self.parameters = [p for group in self.optimizer.param_groups for p in group["params"]]
         hold, total = cfg.hold_epochs * self.iters_per_epoch, cfg.epochs * self.iters_per_epoch
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer,
             functools.partial(held_poly_factor, hold_iters=hold, total_iters=total, power=cfg.poly_power),
         )
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.precision.scaler)
         self.history: list[dict] = []
         self.start_epoch = 0
+        self._loader: DataLoader | None = None
 
     # -- checkpoints -------------------------------------------------------------------------
     def save_checkpoint(self, epoch: int) -> None:
-        state = {
-            "fingerprint": self.fingerprint,
-            "epoch": epoch,
-            "history": self.history,
-            "model": self.model.state_dict(),
-            "extra": self.extra.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "scaler": self.scaler.state_dict(),
-            "rng": _rng_state(),
-        }
-        with atomic_path(self.checkpoint_path) as tmp:
-            torch.save(state, tmp)
+        """Rank 0 writes ``checkpoint.pt`` (atomic, byte-deterministic); every process waits."""
+        if self.world.is_main:
+            state = {
+                "fingerprint": self.fingerprint,
+                "epoch": epoch,
+                "history": self.history,
+                "model": self.model.state_dict(),
+                "extra": self.extra.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "scaler": self.scaler.state_dict(),
+            }
+            save_checkpoint(state, self.checkpoint_path)  # atomic, byte-deterministic
+        barrier(self.world)
 
     def try_resume(self) -> bool:
-        """Load ``checkpoint.pt`` if it belongs to this run; a stale one is ignored (logged)."""
+        """Load ``checkpoint.pt`` if it belongs to this run (any number of processes).
+
+        A checkpoint of other settings is ignored; one that cannot be read (truncated by a kill
+        during a copy, corrupt, or refused by the safe unpickler) is moved aside to
+        ``checkpoint.pt.unreadable`` and training starts over; both are logged as warnings.
+        """
         if not self.checkpoint_path.exists():
             return False
-        state = torch.load(self.checkpoint_path, map_location=self.device, weights_only=False)
+        try:
+            state = load_checkpoint(self.checkpoint_path, map_location=self.device, what="checkpoint")
+        except CheckpointError as error:  # truncated, corrupt or unsafe: set aside, never trusted
+            barrier(self.world)
+            if self.world.is_main:
+                aside = self.checkpoint_path.with_name(self.checkpoint_path.name + ".unreadable")
+                self.checkpoint_path.replace(aside)
+                log.warning(
+                    "%s cannot be read (%s: %s); moved to %s, starting from scratch",
+                    self.checkpoint_path,
+                    type(error).__name__,
+                    str(error).splitlines()[0][:200],
+                    aside,
+                )
+            barrier(self.world)
+            return False
         if state.get("fingerprint") != self.fingerprint:
             log.warning("%s was written by a run with other settings: starting from scratch", self.checkpoint_path)
             return False
@@ -224,7 +272,6 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
-        _set_rng_state(state["rng"])
         self.history = state["history"]
         self.start_epoch = state["epoch"] + 1
         log.info("resumed from %s after epoch %d/%d", self.checkpoint_path, self.start_epoch, self.cfg.epochs)
@@ -232,99 +279,133 @@ class Trainer:
 
     # -- one epoch ---------------------------------------------------------------------------
     def loader(self, epoch: int) -> DataLoader:
-        generator = torch.Generator().manual_seed(epoch_seed(self.cfg.seed, epoch))
-        return DataLoader(
-            self.dataset,
-            batch_size=self.cfg.batch_size,
-            shuffle=True,
-            drop_last=True,
-            num_workers=self.workers,
-            collate_fn=pad_collate,
-            generator=generator,
-            worker_init_fn=_worker_init,
-            pin_memory=self.device.type == "cuda",
-            persistent_workers=False,
-        )
+        """The epoch's batches of this process (one DataLoader for the run: workers persist)."""
+        self.sampler.set_epoch(epoch, epoch_seed(self.cfg.seed, epoch))
+        if self._loader is None:
+            self._loader = DataLoader(
+                SeededSamples(self.dataset),
+                batch_size=self.sampler.local_batch,
+                sampler=self.sampler,
+                drop_last=True,
+                num_workers=self.workers,
+                collate_fn=pad_collate,
+                pin_memory=self.device.type == "cuda",
+                persistent_workers=self.workers > 0,
+            )
+        return self._loader
 
     def to_device(self, batch: dict) -> dict:
         moved = {}
         for key, value in batch.items():
             if isinstance(value, Tensor):
                 value = value.to(self.device, non_blocking=True)
-                if key == "image" and self.device.type == "cuda":
+                if key == "image" and self.precision.channels_last:
                     value = value.contiguous(memory_format=torch.channels_last)
             moved[key] = value
         return moved
 
+    def _autocast(self):
+        if self.precision.dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.precision.dtype)
+
+    def _check(self, epoch: int, first: int, last: int, bad: Tensor, losses: dict[str, Tensor]) -> None:
+        """Raise :class:`DivergenceError` if any loss of iterations ``first..last`` was non-finite
+        or above the limit (one host sync, agreed over the processes)."""
+        if not any_true(bad, self.world):
+            return
+        values = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in losses.items())
+        kept = (
+            f"the last checkpoint ({self.checkpoint_path}) is kept"
+            if self.checkpoint_path.exists()
+            else ("no checkpoint was written yet")
+        )
+        raise DivergenceError(
+            f"loss non-finite or above {self.cfg.loss_limit:g} in epoch {epoch + 1}, iterations {first}-{last} "
+            f"(last: {values}); {kept}. Lower the learning rate (train_*.lr, head_lr_mult), check the inputs "
+            "of the step, or use precision: float32"
+        )
+
     def train_epoch(self, epoch: int) -> dict:
-        seed_everything(epoch_seed(self.cfg.seed, epoch))
+        seed_everything(epoch_seed(self.cfg.seed, epoch) + self.world.rank)
         self.model.train()
         self.extra.train()
         self.objective.on_epoch_start(epoch, self.model)
-        sums: dict[str, float] = {}
-        started = time.perf_counter()
+        sums: dict[str, Tensor] = {}
+        bad = torch.zeros((), dtype=torch.bool, device=self.device)
+        started, window_start = time.perf_counter(), 0
         bar = tqdm(
             self.loader(epoch),
             total=self.iters_per_epoch,
             desc=f"epoch {epoch + 1}/{self.cfg.epochs}",
             leave=False,
             file=sys.stderr,
+            disable=not self.world.is_main,
             mininterval=1.0 if sys.stderr.isatty() else 30.0,
         )
+        losses: dict[str, Tensor] = {}
         for iteration, batch in enumerate(bar):
             batch = self.to_device(batch)
-            with torch.autocast("cuda", dtype=torch.float16, enabled=self.use_amp):
-                out = self.model(batch["image"])
+            with self._autocast():
+                out = self.forward(batch["image"])
                 losses = self.objective.losses(batch, out, epoch)
             total = sum(losses.values())
-            if not torch.isfinite(total):
-                raise FloatingPointError(
-                    f"non-finite loss at epoch {epoch + 1}, iteration {iteration}: "
-                    + ", ".join(f"{k}={float(v):.4g}" for k, v in losses.items())
-                )
+            bad |= ~torch.isfinite(total) | (total.detach() > self.cfg.loss_limit)
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(total).backward()
+            average_gradients(self.parameters, self.world)
             self.scaler.step(self.optimizer)
             self.scaler.update()
             self.scheduler.step()
             for key, value in {"loss": total, **losses}.items():
-                sums[key] = sums.get(key, 0.0) + float(value.detach())
-            bar.set_postfix(loss=f"{float(total.detach()):.4f}")
+                value = value.detach().double()
+                sums[key] = sums[key] + value if key in sums else value
+            if (iteration + 1) % self.cfg.finite_check_every == 0:
+                self._check(epoch, window_start, iteration, bad, losses)
+                window_start = iteration + 1
+                bar.set_postfix(loss=f"{float(sums['loss']) / (iteration + 1):.4f}")
         bar.close()
+        self._check(epoch, window_start, self.iters_per_epoch - 1, bad, losses)
         row = {"epoch": epoch + 1}
-        row.update({key: value / self.iters_per_epoch for key, value in sums.items()})
+        row.update({key: float(all_mean(value, self.world)) / self.iters_per_epoch for key, value in sums.items()})
         row["lr"] = self.optimizer.param_groups[0]["lr"]
         row["time_s"] = time.perf_counter() - started
         return row
 
     def fit(self) -> list[dict]:
         """Train from the last checkpoint (or from scratch) to ``cfg.epochs``; returns the history."""
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if self.world.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        barrier(self.world)
         self.try_resume()
         for epoch in range(self.start_epoch, self.cfg.epochs):
             row = self.train_epoch(epoch)
             last = epoch + 1 == self.cfg.epochs
             if self.validate is not None and ((self.cfg.eval_every and (epoch + 1) % self.cfg.eval_every == 0) or last):
-                row.update(self.validate(self.model))
+                if self.world.is_main:
+                    row.update(self.validate(self.model))
+                barrier(self.world)
                 self.model.train()
             self.history.append(row)
-            log.info(
-                "epoch %d/%d  %s",
-                epoch + 1,
-                self.cfg.epochs,
-                "  ".join(
-                    f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items() if k != "epoch"
-                ),
-            )
-            write_history(self.history_path, self.history)
+            if self.world.is_main:
+                log.info(
+                    "epoch %d/%d  %s",
+                    epoch + 1,
+                    self.cfg.epochs,
+                    "  ".join(
+                        f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items() if k != "epoch"
+                    ),
+                )
+                write_history(self.history_path, self.history)
             self.save_checkpoint(epoch)
-        if self.start_epoch >= self.cfg.epochs:
+        if self.start_epoch >= self.cfg.epochs and self.world.is_main:
             write_history(self.history_path, self.history)
         return self.history
 
     def remove_checkpoint(self) -> None:
         """Delete the checkpoint once the final model is written (it is as large as the model)."""
-        self.checkpoint_path.unlink(missing_ok=True)
+        if self.world.is_main:
+            self.checkpoint_path.unlink(missing_ok=True)
 
 
 def fit(
@@ -337,26 +418,40 @@ def fit(
     workers: int = 0,
     validate: Callable[[nn.Module], dict] | None = None,
     tag: str = "",
+    world: World = SINGLE,
 ) -> list[dict]:
     """Train ``model`` with ``objective`` on ``dataset``; see :class:`Trainer`.
 
     Args:
         model: a :class:`pipeline.models.Segmenter` (returns a dict with ``out`` logits).
-        objective: the method's losses (:class:`Objective`).
-        dataset: yields transformed samples (``image`` float (3, H, W), ``mask`` int64 (H, W), ...).
+        objective: the method's losses (:class:`pipeline.objective.Objective`).
+        dataset: yields transformed samples (``image`` float (3, H, W), the method's keys).
         cfg: optimisation settings.
-        run_dir: where ``checkpoint.pt`` and ``history.csv`` are written.
-        device: from :func:`resolve_device`.
-        workers: DataLoader worker processes.
-        validate: optional callback ``model -> {"val_miou": float, ...}`` added to the history.
+        run_dir: where ``checkpoint.pt`` and ``history.csv`` are written (by rank 0).
+        device: from :func:`resolve_device` (per process: :func:`pipeline.train.distributed.init_distributed`).
+        workers: DataLoader worker processes (per process).
+        validate: optional callback ``model -> {"val_miou": float, ...}`` added to the history (rank 0).
         tag: anything else that must match for a checkpoint to be resumed (e.g. the split file hash).
+        world: the training processes (default: this one alone).
     Returns:
         The history: one dict per epoch (``epoch``, ``loss`` and each named loss, ``lr``, ``time_s``).
     Raises:
-        FloatingPointError: a non-finite loss; ValueError: fewer images than one batch.
+        DivergenceError: a non-finite or diverging loss; ValueError: fewer images than one batch.
     """
-    trainer = Trainer(model, objective, dataset, cfg, run_dir, device, workers, validate, tag)
+    trainer = Trainer(model, objective, dataset, cfg, run_dir, device, workers, validate, tag, world)
     return trainer.fit()
 
 
-__all__ = ["LoopConfig", "Objective", "Trainer", "fit", "resolve_device", "seed_everything", "write_history"]
+__all__ = [
+    "DivergenceError",
+    "LoopConfig",
+    "Trainer",
+    "epoch_seed",
+    "file_digest",
+    "fingerprint",
+    "fit",
+    "held_poly_factor",
+    "resolve_device",
+    "seed_everything",
+    "write_history",
+]

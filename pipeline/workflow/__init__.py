@@ -71,6 +71,7 @@ from pipeline.workflow.paths import (
     log_path,
     run_dir,
     shell_prefix,
+    training_launcher,
 )
 from pipeline.workflow.targets import all_targets, evaluated_runs, quality_figures, quality_files, runs
 
@@ -132,6 +133,7 @@ __all__ = [
     "run_dir",
     "runs",
     "shell_prefix",
+    "training_launcher",
     "spec_of",
     "step_params",
 ]

@@ -113,6 +113,7 @@ def shell_prefix(basedir: str) -> str:
 
 
 __all__ = [
+    "training_launcher",
     "BASE_HISTORY",
     "BASE_MODEL",
     "BASE_RUN",
@@ -152,3 +153,17 @@ __all__ = [
     "run_dir",
     "shell_prefix",
 ]
+
+
+def training_launcher(python: str, gpus: int) -> str:
+    """The command prefix of a training job: ``python`` alone, or ``torchrun`` with one process per
+    GPU when the job gets ``resources: gpu > 1`` (:mod:`pipeline.train.distributed`; the global
+    batch stays as configured, split between the processes).
+
+    Args:
+        python: the interpreter (quoted for the shell).
+        gpus: the job's ``resources.gpu``.
+    """
+    if int(gpus) <= 1:
+        return python
+    return f"{python} -m torch.distributed.run --standalone --nproc_per_node {int(gpus)}"

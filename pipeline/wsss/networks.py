@@ -34,10 +34,11 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from pipeline.io import atomic_path
+from pipeline.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from pipeline.models.segmenter import build_backbone
 from pipeline.wsss.iscam import cam_probabilities
 from pipeline.wsss.vwe import (
+    WORD_FREQUENCY_REDUCTIONS,
     class_activation_maps,
     fuse_cams,
     global_average_pool,
@@ -122,6 +123,33 @@ class CamNet(_CamBase):
         return F.relu(class_activation_maps(self.features(image), self.classifier.weight))
 
 
+def _detach_output(module: nn.Module, args: tuple, output: Tensor) -> Tensor:
+    """Forward hook: the module's output without gradient (nothing upstream learns)."""
+    return output.detach()
+
+
+def backbone_stage(backbone: nn.Module, stage: int) -> nn.Module:
+    """Residual stage ``stage`` (1-based) of a timm ``features_only`` backbone: ResNet's
+    ``layer{stage}`` (stage 1 = layer1, after the stem), or ``stages_{stage - 1}`` of the
+    backbones that name them so (ConvNeXt, ...).
+
+    Raises:
+        ValueError: no such stage (names the backbone's top-level modules).
+    """
+    children = dict(backbone.named_children())
+    for name in (f"layer{stage}", f"stages_{stage - 1}"):
+        if name in children:
+            return children[name]
+    raise ValueError(
+        f"vwe: detach_after_stage={stage}: the backbone has no stage {stage} "
+        f"(looked for layer{stage} / stages_{stage - 1} among {list(children)})"
+    )
+
+
+#: Values of ``wsss.vwe.cams_from``: the image branch alone (authors' code) or Eq. 12's fusion.
+VWE_CAM_SOURCES = ("image", "fused")
+
+
 class VweNet(_CamBase):
     """Visual words + HSPP (Ru et al. IJCAI 2021, Fig. 2).
 
@@ -131,7 +159,8 @@ class VweNet(_CamBase):
 
     ``forward(image)`` → ``{"logits": p^img (B, K), "word_logits": p^word (B, k),
     "w2i_logits": p^w2i (B, K), "word_labels": y^word (B, k) in {0, 1}}``.
-    ``cams(image)`` → (B, K, h, w) max(ReLU(M^img), ReLU(M^word)) (Eq. 10-12).
+    ``cams(image)`` → (B, K, h, w): ReLU(M^img) (Eq. 10; ``cams_from="image"``) or
+    max(ReLU(M^img), ReLU(M^word)) (Eq. 10-12; ``cams_from="fused"``).
 
     Args (beyond the backbone's):
         num_words: k (256, Sec. 4.1).
@@ -139,6 +168,16 @@ class VweNet(_CamBase):
         gamma: γ of Eq. 7 (2, Sec. 4.1).
         detach_word_features: the encoder reads F without gradient to the backbone (authors' code;
             the paper does not say), so only the codebook and W^w2i learn from the word branch.
+        word_frequency_reduction: Eq. 4 over the pixels, ``"sum"`` (authors' code: the codebook
+            learns) or ``"mean"`` (paper; see :func:`pipeline.wsss.vwe.word_frequency`).
+        detach_after_stage: the backbone's output of residual stage s (1-based,
+            :func:`backbone_stage`) is detached, so the stem and stages 1..s never learn:
+            ``2`` is the authors' ``x2 = self.stage2(x1).detach()`` (the paper is silent);
+            ``None``: the whole backbone learns.
+        cams_from: ``"image"``: the CAMs are the image branch's, ReLU(W^img · F) (authors'
+            ``return_cam``; the paper's Sec. 3.5 fuses both branches); ``"fused"``: Eq. 12. With
+            ``word_frequency_reduction="sum"`` the logit p^w2i is the *sum* of M^word over the
+            pixels, so M^word is ~hw times smaller than M^img and the fusion is mostly M^img.
     """
 
     name = "vwe"
@@ -154,12 +193,30 @@ class VweNet(_CamBase):
         pyramid_levels=(1, 2, 4),
         gamma: float = 2.0,
         detach_word_features: bool = True,
+        word_frequency_reduction: str = "sum",
+        detach_after_stage: int | None = 2,
+        cams_from: str = "image",
     ):
         super().__init__(backbone, num_classes, output_stride, dropout, freeze_bn)
         if num_words < 1:
             raise ValueError(f"vwe: num_words={num_words}, expected >= 1")
+        if word_frequency_reduction not in WORD_FREQUENCY_REDUCTIONS:
+            raise ValueError(
+                f"vwe: word_frequency_reduction={word_frequency_reduction!r}, "
+                f"expected one of {list(WORD_FREQUENCY_REDUCTIONS)}"
+            )
+        if cams_from not in VWE_CAM_SOURCES:
+            raise ValueError(f"vwe: cams_from={cams_from!r}, expected one of {list(VWE_CAM_SOURCES)}")
+        if detach_after_stage is not None and (
+            isinstance(detach_after_stage, bool) or not isinstance(detach_after_stage, int) or detach_after_stage < 1
+        ):
+            raise ValueError(f"vwe: detach_after_stage={detach_after_stage!r}, expected a stage >= 1 or None")
         self.pyramid_levels, self.gamma = tuple(int(r) for r in pyramid_levels), float(gamma)
         self.detach_word_features = detach_word_features
+        self.word_frequency_reduction, self.cams_from = word_frequency_reduction, cams_from
+        self.detach_after_stage = detach_after_stage
+        if detach_after_stage is not None:
+            backbone_stage(self.backbone, detach_after_stage).register_forward_hook(_detach_output)
         self.codebook = nn.Parameter(torch.empty(num_words, self.feature_dim))
         nn.init.kaiming_normal_(self.codebook, a=math.sqrt(5))
         self.classifier = nn.Conv2d(self.feature_dim, num_classes, 1, bias=False)  # W^img
@@ -178,16 +235,19 @@ class VweNet(_CamBase):
     def forward(self, image: Tensor) -> dict[str, Tensor]:
         features = self.dropout(self.features(image))
         probabilities = self.word_maps(features)
+        frequency = word_frequency(probabilities, self.word_frequency_reduction)
         return {
             "logits": F.linear(hspp(features, self.pyramid_levels, self.gamma), self.classifier.weight.flatten(1)),
             "word_logits": F.linear(global_average_pool(features), self.word_classifier.weight.flatten(1)),
-            "w2i_logits": F.linear(word_frequency(probabilities), self.word_to_image.weight.flatten(1)),
+            "w2i_logits": F.linear(frequency, self.word_to_image.weight.flatten(1)),
             "word_labels": word_labels(probabilities),
         }
 
     def cams(self, image: Tensor) -> Tensor:
         features = self.features(image)
         image_cams = class_activation_maps(features, self.classifier.weight)
+        if self.cams_from == "image":
+            return F.relu(image_cams)
         word_cams = word_activation_maps(self.word_maps(features), self.word_to_image.weight)
         return fuse_cams(image_cams, word_cams)
 
@@ -223,6 +283,16 @@ class IsCamNet(_CamBase):
 
 
 CAM_NETWORKS: dict[str, type[_CamBase]] = {"cam": CamNet, "vwe": VweNet, "iscam": IsCamNet}
+#: Keys of ``wsss.vwe`` beyond :data:`BACKBONE_KEYS` that :func:`build_cam_model` reads.
+VWE_KEYS = (
+    "num_words",
+    "pyramid_levels",
+    "gamma",
+    "detach_word_features",
+    "word_frequency_reduction",
+    "detach_after_stage",
+    "cams_from",
+)
 
 
 def build_cam_model(name: str, cfg: dict, num_classes: int) -> _CamBase:
@@ -232,7 +302,8 @@ def build_cam_model(name: str, cfg: dict, num_classes: int) -> _CamBase:
         name: ``cam``, ``vwe`` or ``iscam``.
         cfg: ``backbone`` (timm name), ``output_stride`` (8, 16 or 32), ``pretrained``
             (``imagenet`` | ``none`` | path), ``freeze_bn``, ``dropout``; ``vwe`` also
-            ``num_words``, ``pyramid_levels``, ``gamma``, ``detach_word_features``.
+            ``num_words``, ``pyramid_levels``, ``gamma``, ``detach_word_features``,
+            ``word_frequency_reduction``, ``detach_after_stage`` (int or null), ``cams_from``.
         num_classes: K, the new classes of the step.
     Returns:
         The network (train mode, CPU).
@@ -244,7 +315,7 @@ def build_cam_model(name: str, cfg: dict, num_classes: int) -> _CamBase:
         raise ValueError(f"unknown CAM network {name!r}; known: {', '.join(CAM_NETWORKS)}")
     missing = [key for key in BACKBONE_KEYS if key not in cfg]
     if name == "vwe":
-        missing += [key for key in ("num_words", "pyramid_levels", "gamma", "detach_word_features") if key not in cfg]
+        missing += [key for key in VWE_KEYS if key not in cfg]
     if missing:
         raise ValueError(f"wsss.{name}: missing key(s) {', '.join(missing)}")
     backbone = build_backbone(cfg["backbone"], int(cfg["output_stride"]), str(cfg["pretrained"]))
@@ -261,44 +332,62 @@ def build_cam_model(name: str, cfg: dict, num_classes: int) -> _CamBase:
             pyramid_levels=cfg["pyramid_levels"],
             gamma=float(cfg["gamma"]),
             detach_word_features=bool(cfg["detach_word_features"]),
+            word_frequency_reduction=str(cfg["word_frequency_reduction"]),
+            detach_after_stage=cfg["detach_after_stage"],
+            cams_from=str(cfg["cams_from"]),
             **common,
         )
     return CAM_NETWORKS[name](backbone, num_classes, **common)
 
 
 def save_cam_model(path: str | Path, net: _CamBase, meta: dict) -> None:
-    """Save weights and what rebuilds the network (atomic write).
+    """Save weights and what rebuilds the network (atomic, byte-deterministic:
+    :func:`pipeline.checkpoint.save_checkpoint`).
 
-    ``meta`` must hold ``cam_cfg`` (the ``wsss.<name>`` section); ``cam`` (the name) and
-    ``num_classes`` are taken from the network. Anything else JSON-like (task, step, classes,
-    training settings) is kept.
+    The file holds ``{"state_dict": net.state_dict(), "meta": meta}``. ``meta`` must hold
+    ``cam_cfg`` (the ``wsss.<name>`` section); ``cam`` (the name) and ``num_classes`` are taken
+    from the network. Anything else JSON-like (task, step, classes, training settings, learned
+    scalars) is kept.
+
+    Raises:
+        ValueError: no ``cam_cfg``; TypeError: ``meta`` holds something else than tensors,
+            numbers, strings, None and containers of them (names the key). Nothing is written.
     """
     if "cam_cfg" not in meta:
         raise ValueError(f"{path}: meta needs 'cam_cfg' (the wsss.<name> config section) to rebuild the network")
     meta = dict(meta, cam=net.name, num_classes=net.num_classes)
-    with atomic_path(path) as tmp:
-        torch.save({"state_dict": net.state_dict(), "meta": meta}, tmp)
+    save_checkpoint({"state_dict": net.state_dict(), "meta": meta}, path)
 
 
 def load_cam_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[_CamBase, dict]:
     """Rebuild a network saved by :func:`save_cam_model` (backbone built with ``pretrained: none``
     and overwritten by the saved weights, so loading never needs the network); eval mode.
 
+    The file is read with the safe unpickler only (:func:`pipeline.checkpoint.load_checkpoint`):
+    a file holding other Python objects is refused, never run.
+
+    Returns:
+        ``(net, meta)``: the network on ``device`` in eval mode and the saved ``meta`` dict.
     Raises:
-        FileNotFoundError: no such file; ValueError: not a CAM network of this pipeline.
+        pipeline.checkpoint.CheckpointNotFoundError (a FileNotFoundError and ValueError): no such
+        file; pipeline.checkpoint.CheckpointError (a ValueError): empty, truncated or corrupt
+        file, a file the safe loader refuses (names the global), not a CAM network of this
+        pipeline, or weights that do not fit the network its meta describes. Every message
+        names the file.
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: CAM model file not found")
-    try:
-        payload = torch.load(path, map_location=device, weights_only=False)
-    except Exception as err:  # UnpicklingError, RuntimeError, EOFError... for bad files
-        raise ValueError(f"{path}: not a readable model file ({err})") from err
-    if not isinstance(payload, dict) or "state_dict" not in payload or "cam" not in payload.get("meta", {}):
-        raise ValueError(f"{path}: not a CAM network of this pipeline (expected keys state_dict, meta.cam)")
-    meta = payload["meta"]
+    payload = load_checkpoint(path, map_location=device, what="CAM model file")
+    meta = payload.get("meta") if isinstance(payload, dict) else None
+    if not isinstance(meta, dict) or "state_dict" not in payload or not {"cam", "cam_cfg", "num_classes"} <= set(meta):
+        raise CheckpointError(
+            f"{path}: not a CAM network of this pipeline (expected keys state_dict, meta.cam, meta.cam_cfg, "
+            "meta.num_classes); give the model.pt written by train-cam"
+        )
     net = build_cam_model(meta["cam"], dict(meta["cam_cfg"], pretrained="none"), int(meta["num_classes"]))
-    net.load_state_dict(payload["state_dict"])
+    try:
+        net.load_state_dict(payload["state_dict"])
+    except RuntimeError as err:
+        raise CheckpointError(f"{path}: the weights do not fit the network its meta describes ({err})") from err
     return net.to(device).eval(), meta
 
 

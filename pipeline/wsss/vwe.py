@@ -16,6 +16,11 @@ Data flow of one training batch (the network composes these, :mod:`pipeline.wsss
 
 CAM inference (Sec. 3.5): ``class_activation_maps`` (Eq. 10), ``word_activation_maps`` (Eq. 11),
 ``fuse_cams`` (Eq. 12, ReLU then element-wise max).
+
+Where the authors' code (rulixiang/vwe) departs from the paper, the network follows the code by
+default and keeps the paper as an option (``wsss.vwe`` in config.yaml): Eq. 4 sums over the
+pixels (:func:`word_frequency`), the backbone is detached after its second stage, and the CAMs
+are the image branch's alone (Eq. 10; Eq. 11-12 as an option).
 """
 
 from __future__ import annotations
@@ -87,18 +92,41 @@ def word_labels(probabilities: Tensor) -> Tensor:
     return labels.scatter_(1, winners, 1.0)
 
 
-def word_frequency(probabilities: Tensor) -> Tensor:
-    """Soft frequency of each visual word in the image (VWE Eq. 4): f^word_j = 1/(hw) sum_i P_ij.
+#: Reductions of Eq. 4 over the pixels (:func:`word_frequency`).
+WORD_FREQUENCY_REDUCTIONS = ("sum", "mean")
 
-    (The authors' public code sums instead of averaging; the paper's mean is used here.)
+
+def word_frequency(probabilities: Tensor, reduction: str = "sum") -> Tensor:
+    """Soft frequency of each visual word in the image (VWE Eq. 4).
+
+    ``reduction="sum"``: f^word_j = sum_i P_ij, the authors' code (rulixiang/vwe
+    ``network/resnet_cam.py``: ``x_hist = torch.sum(x_corr, [2,3], keepdim=True)``);
+    ``reduction="mean"``: f^word_j = 1/(hw) sum_i P_ij, the paper's Eq. 4 as printed.
+
+    Why the sum is the default: the codebook C learns only through this term (p^w2i = W^w2i f^word
+    feeds L_cls(p^w2i, y^img); y^word is a label without gradient and the other two terms do not
+    read C). The cosines of Eq. 1 lie in [-1, 1], so P is close to uniform (≈ 1/k) and the mean
+    makes f^word ≈ 1/k whatever the image; every derivative with respect to P carries the factor
+    1/(hw) as well. Measured on a 32 × 32 map (k = 256, default init, random images;
+    ``tests/test_losses_vwe.py``): |p^w2i| ≈ 4e-3 with the mean against ≈ 4 with the sum, the
+    codebook's gradient ~10^4 times smaller, and three SGD steps move the codebook ~3,500 times
+    less, so that averaged it stays at its initialisation. The two differ only by the factor hw,
+    which also scales the word CAMs of Eq. 11 through the learned W^w2i.
 
     Args:
         probabilities: (B, k, h, w) float word probabilities P.
+        reduction: ``"sum"`` (authors' code) or ``"mean"`` (paper).
     Returns:
-        (B, k) float frequencies in [0, 1], summing to 1 over the words.
+        (B, k) float frequencies, summing to hw (``sum``) or 1 (``mean``) over the words.
+    Raises:
+        ValueError: unknown ``reduction``.
     """
     _check_maps("probabilities", probabilities)
-    return probabilities.mean(dim=(2, 3))
+    if reduction == "sum":
+        return probabilities.sum(dim=(2, 3))
+    if reduction == "mean":
+        return probabilities.mean(dim=(2, 3))
+    raise ValueError(f"word_frequency: reduction={reduction!r}, expected one of {list(WORD_FREQUENCY_REDUCTIONS)}")
 
 
 # --- Sec. 3.3: hybrid spatial pyramid pooling ---------------------------------------------------
@@ -268,6 +296,7 @@ def fuse_cams(image_cams: Tensor, word_cams: Tensor) -> Tensor:
 
 
 __all__ = [
+    "WORD_FREQUENCY_REDUCTIONS",
     "class_activation_maps",
     "fuse_cams",
     "global_average_pool",

@@ -13,7 +13,12 @@ Data flow of one step (the caller composes these):
 - segmenter: ``m`` → ``hard_pseudo_labels`` (Eq. 5) → ``soft_pseudo_labels`` (Eq. 6) →
   [``restrict_to_image_labels``, optional] → ``wilson_target`` (Eq. 7) → ``segmentation_loss``
   (Eq. 8). Fig. 2: no gradient flows through the pseudo-supervision; ``segmentation_loss`` and
-  ``localization_prior_loss`` detach their targets.
+  ``localization_prior_loss`` detach their targets;
+- localizer, after the warm-up (Sec. 4.3, Araslanov & Roth's self-supervision): ``m`` →
+  :func:`pipeline.methods.wilson.pamr.pamr_refine` → label mask → ``pseudo_gt_mask`` →
+  ``balanced_mask_cross_entropy``;
+- encoder, after the warm-up (authors' ``--loss_de 1``, not in the paper):
+  ``feature_distillation_loss``.
 """
 
 from __future__ import annotations
@@ -319,3 +324,140 @@ def segmentation_loss(logits: Tensor, target: Tensor, valid: Tensor | None = Non
         raise ValueError(f"valid: expected shape {(b, h, w)}, got {tuple(valid.shape)}")
     valid = valid.to(torch.bool)
     return (per_pixel * valid).sum() / valid.sum().clamp(min=1)
+
+
+# --- Sec. 4.3: self-supervised segmentation loss on the localizer (Araslanov & Roth 2020) -----
+
+
+def pseudo_gt_mask(
+    masks: Tensor,
+    cutoff_top: float = 0.6,
+    cutoff_bkg: float = 0.7,
+    cutoff_low: float = 0.2,
+    ambiguous: bool = True,
+    background: int = 0,
+) -> Tensor:
+    """Binary pseudo ground truth from continuous masks: the confident pixels of each class.
+
+    Per image and class c, t_c = max(cutoff_c · max_i m_i^c, cutoff_low) with cutoff_c =
+    ``cutoff_bkg`` for the background and ``cutoff_top`` otherwise; pixel i is a pixel of c when
+    m_i^c > t_c (strictly). ``cutoff_low`` is a floor of the threshold: a class whose best pixel is
+    weak (cutoff · max ≤ cutoff_low) keeps only pixels above cutoff_low, and a class zeroed out
+    (not in the image labels) gets none. With ``ambiguous``, a pixel claimed by more than one
+    class is dropped for all of them.
+
+    Source: ``pseudo_gtmask`` in ``wss/single_stage.py`` of fcdl94/WILSON (Araslanov & Roth's
+    1-stage-wseg); WILSON's call in ``train.py``: ``pseudo_gtmask(int_masks_soft, ambiguous=True,
+    cutoff_top=0.6, cutoff_bkg=0.7, cutoff_low=0.2)`` (the defaults here).
+
+    Args:
+        masks: (B, C, H, W) float masks, normally the PAMR-refined, label-masked softmax of the
+            localizer, values in [0, 1].
+        cutoff_top, cutoff_bkg: fractions of the per-image maximum, in [0, 1].
+        cutoff_low: lowest threshold, in [0, 1].
+        ambiguous: drop pixels that are above the threshold of several classes.
+        background: the background channel (``cutoff_bkg``).
+    Returns:
+        (B, C, H, W) float tensor (dtype of ``masks``) in {0, 1}; with ``ambiguous`` at most one 1
+        per pixel (a pixel with none is "ignore"). No gradient (built by comparisons).
+    Raises:
+        ValueError: ``masks`` not 4-D, a cutoff outside [0, 1], or ``background`` out of range.
+    """
+    _check_maps("masks", masks)
+    for name, value in (("cutoff_top", cutoff_top), ("cutoff_bkg", cutoff_bkg), ("cutoff_low", cutoff_low)):
+        if not 0.0 <= value <= 1.0:
+            raise ValueError(f"{name}={value}: must be in [0, 1]")
+    if not 0 <= background < masks.shape[1]:
+        raise ValueError(f"background={background}: must be a channel in [0, {masks.shape[1]})")
+    cutoff = torch.full((masks.shape[1],), cutoff_top, dtype=masks.dtype, device=masks.device)
+    cutoff[background] = cutoff_bkg
+    peak = masks.detach().amax(dim=(2, 3), keepdim=True)  # (B, C, 1, 1)
+    threshold = (peak * cutoff[:, None, None]).clamp(min=cutoff_low)
+    pseudo = (masks.detach() > threshold).to(masks.dtype)
+    if ambiguous:
+        pseudo = pseudo * (pseudo.sum(dim=1, keepdim=True) <= 1).to(masks.dtype)
+    return pseudo
+
+
+def balanced_mask_cross_entropy(
+    logits: Tensor, pseudo_gt: Tensor, image_labels: Tensor, valid: Tensor | None = None, background: int = 0
+) -> Tensor:
+    """Class-balanced cross-entropy of the localizer against its binary pseudo ground truth.
+
+    Per image b: loss_b = w_b · 1/|I| sum_i ω_i CE_i, with CE_i = -log softmax(z_i)[y_i],
+    y_i = the class of pixel i in ``pseudo_gt`` (a pixel with no class is ignored: CE_i = 0),
+    ω_i = (N - N_{y_i}) / (1 + N) where N_c counts the pixels of class c in the image and N = sum_c
+    N_c (so each class weighs in about equally, whatever its area; a single class gives 0), and
+    w_b = 1 if the pseudo ground truth holds exactly 1 + (number of labelled object classes)
+    classes (the background and every labelled class found), else 0. Averaged over the batch.
+
+    Source: ``balanced_mask_loss_ce`` in ``wss/single_stage.py`` of fcdl94/WILSON (Araslanov &
+    Roth's 1-stage-wseg), WILSON ``train.py``: ``l_cls = balanced_mask_loss_ce(int_masks_raw,
+    pseudo_gt_seg, l1h)``. Not the authors': the optional ``valid`` (the crop padding of this
+    pipeline, which the authors' loss does not know of) removes pixels before N_c is counted. The
+    authors' function resizes the logits to the pseudo ground truth; here they must match.
+
+    Args:
+        logits: (B, C, H, W) float logits z of the localizer (with gradient).
+        pseudo_gt: (B, C, H, W) float in {0, 1}, at most one 1 per pixel (:func:`pseudo_gt_mask`);
+            detached here.
+        image_labels: (B, C) float or bool image labels indexed like the channels (nonzero =
+            present; the background entry is ignored, the background always counts).
+        valid: optional (B, H, W) bool, False = pixel not counted (treated as "no class").
+        background: the background channel.
+    Returns:
+        Scalar float tensor ≥ 0; 0 when no image has all its classes in the pseudo ground truth.
+    Raises:
+        ValueError: shapes differ, not 4-D, ``image_labels`` not (B, C), ``valid`` not (B, H, W),
+            or ``background`` out of range.
+    """
+    _check_maps("logits", logits)
+    if pseudo_gt.shape != logits.shape:
+        raise ValueError(f"pseudo_gt {tuple(pseudo_gt.shape)} vs logits {tuple(logits.shape)}: shapes must match")
+    b, c, h, w = logits.shape
+    if image_labels.shape != (b, c):
+        raise ValueError(f"image_labels: expected shape {(b, c)}, got {tuple(image_labels.shape)}")
+    if not 0 <= background < c:
+        raise ValueError(f"background={background}: must be a channel in [0, {c})")
+    pseudo_gt = pseudo_gt.detach().to(logits.dtype)
+    if valid is not None:
+        if valid.shape != (b, h, w):
+            raise ValueError(f"valid: expected shape {(b, h, w)}, got {tuple(valid.shape)}")
+        pseudo_gt = pseudo_gt * valid.to(torch.bool)[:, None].to(logits.dtype)
+    assigned = pseudo_gt.sum(dim=1) >= 1  # (B, H, W)
+    target = pseudo_gt.argmax(dim=1)
+    per_class = pseudo_gt.sum(dim=(2, 3))  # N_c: (B, C)
+    total = per_class.sum(dim=1, keepdim=True)  # N: (B, 1)
+    class_weight = (total - per_class) / (1.0 + total)  # (B, C)
+    pixel_weight = (pseudo_gt * class_weight[:, :, None, None]).sum(dim=1)  # ω_i: (B, H, W)
+    ce = F.cross_entropy(logits, target, reduction="none") * assigned.to(logits.dtype)
+    object_labels = (image_labels != 0).clone()
+    object_labels[:, background] = False
+    expected = object_labels.sum(dim=1) + 1
+    image_weight = (expected == (per_class > 0).sum(dim=1)).to(logits.dtype)  # w_b
+    return (image_weight * (pixel_weight * ce).mean(dim=(1, 2))).mean()
+
+
+# --- encoder feature distillation (authors' code, not in the paper) ----------------------------
+
+
+def feature_distillation_loss(features: Tensor, old_features: Tensor) -> Tensor:
+    """Mean squared error between the encoder features of the new and of the old model.
+
+    1/(B F h w) sum (f - f_old)^2, f_old detached (the old model is frozen). Not in the WILSON
+    paper: the authors' published command (``run.sh``, README) passes ``--loss_de 1``, and their
+    ``train.py`` adds ``lde = loss_de * nn.MSELoss()(features['body'], features_old['body'])``,
+    the encoder ("body") output of both models (ILT's distillation on the encoder, Michieli &
+    Zanuttigh 2019).
+
+    Args:
+        features: (B, F, h, w) float encoder features of the model being trained.
+        old_features: (B, F, h, w) float encoder features of the step t-1 model.
+    Returns:
+        Scalar float tensor ≥ 0.
+    Raises:
+        ValueError: shapes differ.
+    """
+    if features.shape != old_features.shape:
+        raise ValueError(f"old_features {tuple(old_features.shape)} vs features {tuple(features.shape)}: must match")
+    return F.mse_loss(features, old_features.detach().to(features.dtype))

@@ -1,7 +1,9 @@
 """WILSON (Cermelli et al., CVPR 2022): a localizer on the encoder learns the new classes from
 image-level labels (nGWP + focal penalty, Eq. 1-3) and from the old model's localization prior
 (Eq. 4); its soft pseudo-labels (Eq. 5-6), merged with the old model's outputs (Eq. 7), supervise
-the segmentation model through a multi-label soft-margin loss (Eq. 8)."""
+the segmentation model through a multi-label soft-margin loss (Eq. 8). After the warm-up the
+localizer also learns from its own PAMR-refined masks (Sec. 4.3) and, as in the authors' published
+command, the encoder is distilled towards the old one's features."""
 
 from __future__ import annotations
 
@@ -17,13 +19,17 @@ from pipeline.methods.base import OldModelMethod, StepContext, StepInputs
 from pipeline.methods.registry import MethodSpec, register_method
 from pipeline.methods.wilson.localizer import Localizer
 from pipeline.methods.wilson.losses import (
+    balanced_mask_cross_entropy,
     classification_loss,
+    feature_distillation_loss,
     localization_prior_loss,
+    pseudo_gt_mask,
     restrict_to_image_labels,
     segmentation_loss,
     soft_pseudo_labels,
     wilson_target,
 )
+from pipeline.methods.wilson.pamr import pamr_refine
 
 
 @register_method("wilson")
@@ -32,7 +38,22 @@ class Wilson(OldModelMethod):
 
     Schedule (Sec. 4.3): for the first ``warmup_epochs`` only the localizer learns (its input
     features are detached and no segmentation loss is computed, so the segmenter gets no
-    gradient); then everything learns from ℓ_CLS + ℓ_LOC + ℓ_SEG.
+    gradient); then everything learns from ℓ_CLS + ℓ_LOC + ℓ_SEG, plus, each behind a setting:
+
+    - ``self_sup`` (Sec. 4.3, "after the fifth epoch, we use the self-supervised segmentation loss
+      on the localizer"; authors' ``train.py``): the localizer's softmax, refined by PAMR on the
+      image resized to the localizer's resolution, masked by the image labels
+      (``int_masks_soft[:, 1:] *= l1h``, always, whatever ``restrict_to_labels``), thresholded
+      into a binary pseudo ground truth (``pseudo_gtmask``) that supervises the localizer's logits
+      through a class-balanced cross-entropy (``balanced_mask_loss_ce``), weight 1, at the
+      localizer's resolution; crop padding excluded (our choice);
+    - ``feature_kd``: ``feature_kd_weight`` × MSE between the encoder features of the model and of
+      the old model (authors' ``--loss_de 1``). The authors add it from the first epoch; here it
+      starts with ℓ_SEG, since the warm-up keeps the segmenter frozen.
+
+    With ``pseudo_labels_eval_mode`` the masks of Eq. 5-6 and of the self-supervision come from the
+    localizer in eval mode (BN running statistics), without gradient, as the authors' code
+    (``self.pseudolabeler.eval()`` … ``.train()``); otherwise from its training-mode output, detached.
 
     Args:
         context: the step and the frozen step t-1 model.
@@ -47,6 +68,13 @@ class Wilson(OldModelMethod):
             image is not labelled with, old classes included unless relaxed (authors' code, not in
             the paper).
         head_lr_mult: learning-rate multiplier of the head and the localizer (0.01 / 0.001 = 10).
+        localizer_self_sup: add ``self_sup`` after the warm-up.
+        pamr_iterations, pamr_dilations: PAMR of the self-supervision (0 iterations = no refinement,
+            the authors' code without ``--affinity``).
+        self_sup_cutoffs: (top, background, low) cutoffs of the binary pseudo ground truth
+            (:func:`pseudo_gt_mask`).
+        feature_kd_weight: weight of ``feature_kd`` (0 = off).
+        pseudo_labels_eval_mode: masks from the localizer in eval mode.
     """
 
     classifier_init = "prior"  # sigmoid outputs (Eq. 7-8): new classes start at a low probability
@@ -63,6 +91,12 @@ class Wilson(OldModelMethod):
         relaxed: bool = False,
         restrict_to_labels: bool = True,
         head_lr_mult: float = 10.0,
+        localizer_self_sup: bool = True,
+        pamr_iterations: int = 10,
+        pamr_dilations: tuple[int, ...] = (1, 2, 4, 8, 12),
+        self_sup_cutoffs: tuple[float, float, float] = (0.6, 0.7, 0.2),
+        feature_kd_weight: float = 1.0,
+        pseudo_labels_eval_mode: bool = True,
     ):
         self.context = context
         self.localizer = Localizer(in_channels, context.num_classes)
@@ -70,6 +104,11 @@ class Wilson(OldModelMethod):
         self.focal = {"lam": focal_lambda, "gamma": focal_gamma, "eps": ngwp_eps}
         self.head_lr_mult, self.restrict_to_labels = head_lr_mult, restrict_to_labels
         self.cls_classes = list(range(1, context.num_classes)) if relaxed else list(context.new_classes)
+        self.self_sup = localizer_self_sup
+        self.pamr = {"iterations": pamr_iterations, "dilations": tuple(pamr_dilations)}
+        top, bkg, low = self_sup_cutoffs
+        self.cutoffs = {"cutoff_top": top, "cutoff_bkg": bkg, "cutoff_low": low}
+        self.feature_kd_weight, self.eval_mode = feature_kd_weight, pseudo_labels_eval_mode
 
     @classmethod
     def from_config(
@@ -87,6 +126,12 @@ class Wilson(OldModelMethod):
             cfg["relaxed"],
             cfg["restrict_to_labels"],
             cfg["head_lr_mult"],
+            cfg["localizer_self_sup"],
+            cfg["pamr_iterations"],
+            cfg["pamr_dilations"],
+            (cfg["self_sup_cutoff_top"], cfg["self_sup_cutoff_bkg"], cfg["self_sup_cutoff_low"]),
+            cfg["feature_kd_weight"],
+            cfg["pseudo_labels_eval_mode"],
         ).bind(spec)
 
     def modules(self) -> dict[str, nn.Module]:
@@ -101,20 +146,53 @@ class Wilson(OldModelMethod):
         features = out["features"].detach() if warmup else out["features"]
         scores = self.localizer(features).float()  # z: (B, |Y^t|, h, w)
         labels = batch["labels"].float()  # (B, |Y^t|) image-level labels
-        old_logits = self.old_logits(batch["image"])  # (B, |Y^t-1|, H, W)
+        with torch.no_grad():
+            old = self.context.old_model(batch["image"])
+        old_logits = old["out"].float()  # (B, |Y^t-1|, H, W)
         old_small = F.interpolate(old_logits, size=scores.shape[-2:], mode="bilinear", align_corners=False)
         losses = {
             "cls": classification_loss(scores, labels, self.cls_classes, **self.focal),
             "loc": localization_prior_loss(scores, old_small),
         }
-        if not warmup:
-            with torch.no_grad():
-                masks = F.interpolate(scores, size=old_logits.shape[-2:], mode="bilinear", align_corners=False).softmax(
-                    dim=1
-                )  # m: (B, |Y^t|, H, W)
-                if self.restrict_to_labels:  # before Eq. 5: the argmax picks background or a labelled class
-                    masks = restrict_to_image_labels(masks, labels)
-                pseudo = soft_pseudo_labels(masks, self.alpha)  # Eq. 5-6
-                target = wilson_target(pseudo, old_logits, self.context.new_classes)  # Eq. 7
-            losses["seg"] = segmentation_loss(out["out"].float(), target, valid=batch["valid"])
+        if warmup:
+            return losses
+        with torch.no_grad():
+            plain = self._eval_scores(features) if self.eval_mode else scores.detach()  # z for the pseudo-labels
+            masks = F.interpolate(plain, size=old_logits.shape[-2:], mode="bilinear", align_corners=False).softmax(
+                dim=1
+            )  # m: (B, |Y^t|, H, W)
+            if self.restrict_to_labels:  # before Eq. 5: the argmax picks background or a labelled class
+                masks = restrict_to_image_labels(masks, labels)
+            pseudo = soft_pseudo_labels(masks, self.alpha)  # Eq. 5-6
+            target = wilson_target(pseudo, old_logits, self.context.new_classes)  # Eq. 7
+        losses["seg"] = segmentation_loss(out["out"].float(), target, valid=batch["valid"])
+        if self.self_sup:
+            losses["self_sup"] = self._self_supervision(batch, scores, plain, labels)
+        if self.feature_kd_weight > 0:
+            losses["feature_kd"] = self.feature_kd_weight * feature_distillation_loss(
+                out["features"].float(), old["features"].float()
+            )
         return losses
+
+    def _eval_scores(self, features: Tensor) -> Tensor:
+        """z of the localizer in eval mode (BN running statistics), no gradient; its mode restored."""
+        training = self.localizer.training
+        self.localizer.eval()
+        try:
+            with torch.no_grad():
+                return self.localizer(features).float()
+        finally:
+            self.localizer.train(training)
+
+    def _self_supervision(self, batch: dict, scores: Tensor, plain: Tensor, labels: Tensor) -> Tensor:
+        """Araslanov & Roth's self-supervised segmentation loss on the localizer (WILSON Sec. 4.3),
+        at the localizer's resolution (h, w): ``scores`` are its logits (with gradient), ``plain``
+        the logits the pseudo ground truth is made from (no gradient)."""
+        size = scores.shape[-2:]
+        with torch.no_grad():
+            image = F.interpolate(batch["image"].float(), size=size, mode="bilinear", align_corners=True)
+            refined = pamr_refine(image, plain.softmax(dim=1), **self.pamr)
+            refined = restrict_to_image_labels(refined, labels)  # the authors' int_masks_soft[:, 1:] *= l1h
+            pseudo_gt = pseudo_gt_mask(refined, **self.cutoffs)
+            valid = F.interpolate(batch["valid"][:, None].float(), size=size, mode="nearest")[:, 0] > 0.5
+        return balanced_mask_cross_entropy(scores, pseudo_gt, labels, valid=valid)
