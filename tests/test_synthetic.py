@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import re
@@ -14,7 +15,8 @@ from PIL import Image
 from scipy import ndimage
 
 from pipeline.__main__ import main
-from pipeline.data.synthetic import add_void_band, generate
+from pipeline.data.instances import instance_classes, load_instance_map
+from pipeline.data.synthetic import add_void_band, generate, instance_map_for, make_sample_with_instances
 from pipeline.data.voc import index_dataset, load_image, load_mask, read_ids
 
 LISTS = Path("ImageSets") / "Segmentation"
@@ -42,7 +44,9 @@ def test_other_seed_other_images(tmp_path):
     main(["make-demo-data", "--root", str(tmp_path / "a"), "--n-train", "8", "--n-val", "2", "--seed", "3"])
     generate(tmp_path / "b", n_train=8, n_val=2, seed=4)
     a, b = _files(tmp_path / "a"), _files(tmp_path / "b")
-    assert a.keys() == b.keys() and len(a) == 2 * 10 + 3
+    # 10 demo_* + 3 demo_inst_* images (2 train, 1 val) x (jpg, class png, instance png),
+    # classes.json and four id lists
+    assert a.keys() == b.keys() and len(a) == 3 * (10 + 3) + 5
     images = [name for name in a if name.endswith((".jpg", ".png"))]
     assert all(a[name] != b[name] for name in images)
     assert a["classes.json"] == b["classes.json"]
@@ -135,3 +139,67 @@ def test_objects_never_confusable_with_background(demo_root, demo_index):
         objects.append(chroma[np.isin(mask, range(1, 21)) & ~near_void])
     assert np.percentile(np.concatenate(background), 99.5) < np.percentile(np.concatenate(objects), 0.5)
     assert np.concatenate(background).std() > 2  # cluttered, not a flat colour
+
+
+# ------------------------------------------------------------------------------ instance maps
+def _instance_ids(demo_root: Path) -> list[str]:
+    return read_ids(demo_root / LISTS / "train_inst.txt") + read_ids(demo_root / LISTS / "val_inst.txt")
+
+
+def test_instance_lists_extend_the_class_lists(demo_root):
+    train, val = read_ids(demo_root / LISTS / "train_aug.txt"), read_ids(demo_root / LISTS / "val.txt")
+    train_inst, val_inst = read_ids(demo_root / LISTS / "train_inst.txt"), read_ids(demo_root / LISTS / "val_inst.txt")
+    assert train_inst == train + [f"demo_inst_{j:06d}" for j in range(150)]
+    assert val_inst == val + [f"demo_inst_{j:06d}" for j in range(150, 180)]
+    png = Image.open(demo_root / "SegmentationObject" / "demo_inst_000003.png")
+    assert png.mode == "P" and png.size == (96, 96)
+
+
+def test_class_maps_are_those_of_the_generator_before_instances():
+    """sha256 of the class maps of demo_000000..49 (seed 0), as the generator wrote them before
+    instance maps existed (the arrays, not the PNG bytes: independent of zlib/Pillow)."""
+    digest = hashlib.sha256()
+    for i in range(50):
+        digest.update(make_sample_with_instances(0, i)[1].tobytes())
+    assert digest.hexdigest() == "a50cbe0af120695d97fa5fa3f41a2b84f7d6aea9aab394a1fd48dbfaae62003d"
+
+
+def test_instance_maps_refine_the_class_maps(demo_root):
+    """Every instance id lies in one class, the union of a class's instances is its class pixels,
+    and void is the same in both maps (all 900 images)."""
+    for image_id in _instance_ids(demo_root):
+        classes = load_mask(demo_root / "SegmentationClassAug" / f"{image_id}.png")
+        instances = load_instance_map(demo_root / "SegmentationObject" / f"{image_id}.png")
+        table = instance_classes(instances, classes, image_id)  # one class each, raises otherwise
+        assert sorted(table) == list(range(1, len(table) + 1)), image_id  # ids 1..N
+        np.testing.assert_array_equal(instances == 255, classes == 255)
+        for c in set(table.values()):
+            union = np.isin(instances, [k for k, v in table.items() if v == c])
+            np.testing.assert_array_equal(union, classes == c, err_msg=f"{image_id} class {c}")
+
+
+def test_instance_images_hold_touching_and_separate_instances_of_one_class(demo_root):
+    touching = apart = several = 0
+    for image_id in [i for i in _instance_ids(demo_root) if i.startswith("demo_inst_")]:
+        classes = load_mask(demo_root / "SegmentationClassAug" / f"{image_id}.png")
+        instances = load_instance_map(demo_root / "SegmentationObject" / f"{image_id}.png")
+        table = instance_classes(instances, classes, image_id)
+        repeated = {c for c in table.values() if list(table.values()).count(c) > 1}
+        several += bool(repeated)
+        # 4-adjacent pixels of two instances of one class: no void between them, so they lie in one
+        # connected region of the class map, which only the instance map splits
+        pairs = set()
+        for a, b in ((instances[:, 1:], instances[:, :-1]), (instances[1:], instances[:-1])):
+            edge = (a != b) & np.isin(a, list(table)) & np.isin(b, list(table))
+            pairs |= {(p, q) for p, q in zip(a[edge].tolist(), b[edge].tolist()) if table[p] == table[q]}
+        touching += bool(pairs)
+        in_pairs = {k for pair in pairs for k in pair}
+        apart += any(table[k] in repeated and k not in in_pairs for k in table)
+    assert several >= 170 and touching >= 100 and apart >= 80, (several, touching, apart)
+
+
+def test_instance_map_for_by_hand():
+    painted = np.array([[0, 1, 1, 2], [0, 1, 3, 2]], dtype=np.uint8)
+    mask = np.array([[0, 255, 4, 255], [0, 4, 4, 255]], dtype=np.uint8)  # instance 2 all void
+    expected = np.array([[0, 255, 1, 255], [0, 1, 2, 255]], dtype=np.uint8)  # 3 renumbered to 2
+    np.testing.assert_array_equal(instance_map_for(mask, painted), expected)

@@ -30,6 +30,7 @@ def val_ids(data_index: str | Path) -> list[str]:
     """The validation ids listed in a prepare-data index."""
     return list(read_json(data_index)["splits"]["val"])
 
+
 #: Image-level supervision: every mask value (classes and void) becomes background, so only the
 #: void padding added by the random crop is left (as ``valid`` = False) for the objective to ignore.
 BLANK_LUT = np.zeros(256, dtype=np.uint8)
@@ -82,8 +83,9 @@ class WithImageLabels(Dataset):
         return {**sample, "labels": multi_hot}
 
 
-def pixel_dataset(data_index: str | Path, ids: list[str], train: dict, task: str, step: int,
-                  learned: str = "current") -> Dataset:
+def pixel_dataset(
+    data_index: str | Path, ids: list[str], train: dict, task: str, step: int, learned: str = "current"
+) -> Dataset:
     """Training samples with pixel labels ``gt`` (int64 (h, w), 255 void) of the classes learned at
     ``step`` (``current``) or of every seen class (``seen``); the others are background.
 

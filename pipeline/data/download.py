@@ -35,10 +35,18 @@ from pipeline.data.classes import voc_palette
 from pipeline.data.voc import DatasetError, check_mask_values, read_ids
 from pipeline.io import atomic_path, read_json, write_json, write_text
 
-VOC2012 = {"url": DATASET_YEAR_DICT["2012"]["url"], "filename": DATASET_YEAR_DICT["2012"]["filename"],
-           "md5": DATASET_YEAR_DICT["2012"]["md5"], "base_dir": "VOCdevkit/VOC2012"}
-SBD = {"url": SBDataset.url, "filename": SBDataset.filename, "md5": SBDataset.md5,
-       "base_dir": "benchmark_RELEASE/dataset"}
+VOC2012 = {
+    "url": DATASET_YEAR_DICT["2012"]["url"],
+    "filename": DATASET_YEAR_DICT["2012"]["filename"],
+    "md5": DATASET_YEAR_DICT["2012"]["md5"],
+    "base_dir": "VOCdevkit/VOC2012",
+}
+SBD = {
+    "url": SBDataset.url,
+    "filename": SBDataset.filename,
+    "md5": SBDataset.md5,
+    "base_dir": "benchmark_RELEASE/dataset",
+}
 DONE = "DONE.json"
 
 
@@ -50,8 +58,9 @@ def fetch(archive: dict, download_dir: Path) -> Path:
     """
     marker = download_dir / f"{archive['filename']}.extracted"
     if not marker.exists():
-        download_and_extract_archive(archive["url"], download_root=str(download_dir),
-                                     filename=archive["filename"], md5=archive["md5"])
+        download_and_extract_archive(
+            archive["url"], download_root=str(download_dir), filename=archive["filename"], md5=archive["md5"]
+        )
         write_text(marker, archive["md5"] + "\n")
     return download_dir / archive["base_dir"]
 
@@ -69,11 +78,14 @@ def sbd_mask(path: str | os.PathLike, image_id: str | None = None) -> np.ndarray
         mask = np.asarray(gt.Segmentation)
     except (OSError, ValueError, KeyError, AttributeError) as err:
         where = f"id {image_id!r}, file {path}" if image_id else str(path)
-        raise DatasetError(f"{where}: cannot read GTcls.Segmentation ({err!r}); expected an SBD "
-                           "cls/<id>.mat annotation") from err
+        raise DatasetError(
+            f"{where}: cannot read GTcls.Segmentation ({err!r}); expected an SBD cls/<id>.mat annotation"
+        ) from err
     if mask.ndim != 2 or mask.dtype.kind not in "ui" or mask.min() < 0 or mask.max() > 255:
-        raise DatasetError(f"id {image_id!r}, file {path}: GTcls.Segmentation is {mask.dtype} "
-                           f"{mask.shape}; expected an (H, W) integer array with values 0..20")
+        raise DatasetError(
+            f"id {image_id!r}, file {path}: GTcls.Segmentation is {mask.dtype} "
+            f"{mask.shape}; expected an (H, W) integer array with values 0..20"
+        )
     mask = mask.astype(np.uint8)
     check_mask_values(mask, path, image_id)
     return mask
@@ -87,8 +99,7 @@ def save_index_png(mask: np.ndarray, path: str | os.PathLike) -> None:
         image.save(tmp)
 
 
-def train_aug_ids(sbd_train: list[str], sbd_val: list[str], voc_train: list[str],
-                  voc_val: list[str]) -> list[str]:
+def train_aug_ids(sbd_train: list[str], sbd_val: list[str], voc_train: list[str], voc_val: list[str]) -> list[str]:
     """The train_aug list: (SBD train ∪ SBD val ∪ VOC seg train) − VOC seg val, sorted.
 
     10,582 ids for the real lists (8,498 + 2,857 SBD, 1,464 VOC train, 1,449 VOC val).
@@ -128,8 +139,9 @@ def build_layout(voc_dir: Path, sbd_dir: Path, root: Path, workers: int = 0) -> 
     voc_train, voc_val = read_ids(seg / "train.txt"), read_ids(seg / "val.txt")
     train = train_aug_ids(read_ids(sbd_dir / "train.txt"), read_ids(sbd_dir / "val.txt"), voc_train, voc_val)
     ids = train + voc_val
-    build = functools.partial(_build_one, voc_dir=voc_dir, sbd_dir=sbd_dir, root=root,
-                              voc_seg=frozenset(voc_train) | frozenset(voc_val))
+    build = functools.partial(
+        _build_one, voc_dir=voc_dir, sbd_dir=sbd_dir, root=root, voc_seg=frozenset(voc_train) | frozenset(voc_val)
+    )
     with tqdm(total=len(ids), desc="build VOC-aug", unit="img", mininterval=1.0) as bar:
         if workers > 0:
             with multiprocessing.Pool(workers) as pool:
@@ -162,13 +174,10 @@ def download(root: str | os.PathLike, download_dir: str | os.PathLike, workers: 
     lists = root / "ImageSets" / "Segmentation"
     done = {
         "archives": {a["filename"]: {"url": a["url"], "md5": a["md5"]} for a in (VOC2012, SBD)},
-        "lists": {name: {"ids": counts[name],
-                         "sha256": hashlib.sha256((lists / f"{name}.txt").read_bytes()).hexdigest()}
-                  for name in ("train_aug", "val")},
+        "lists": {
+            name: {"ids": counts[name], "sha256": hashlib.sha256((lists / f"{name}.txt").read_bytes()).hexdigest()}
+            for name in ("train_aug", "val")
+        },
     }
     write_json(root / DONE, done)
     return done
-
-
-
-

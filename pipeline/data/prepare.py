@@ -21,10 +21,9 @@ DEFAULT_TRAIN_LIST = "ImageSets/Segmentation/train_aug.txt"
 DEFAULT_VAL_LIST = "ImageSets/Segmentation/val.txt"
 
 
-
-
-def prepare(root: Path, train_list: Path, val_list: Path, mask_dir: str = "auto",
-            images: bool = True, workers: int = 0) -> dict:
+def prepare(
+    root: Path, train_list: Path, val_list: Path, mask_dir: str = "auto", images: bool = True, workers: int = 0
+) -> dict:
     """Build the prepare-data document (see the module docstring) without writing it.
 
     Raises:
@@ -32,13 +31,16 @@ def prepare(root: Path, train_list: Path, val_list: Path, mask_dir: str = "auto"
             is bad.
     """
     root = Path(root).resolve()
-    lists = {name: path if path.is_absolute() else root / path
-             for name, path in (("train", Path(train_list)), ("val", Path(val_list)))}
+    lists = {
+        name: path if path.is_absolute() else root / path
+        for name, path in (("train", Path(train_list)), ("val", Path(val_list)))
+    }
     for name, path in lists.items():
         if not path.is_file():
             raise DatasetError(
                 f"{path}: {name} id list not found. Point dataset.root (and dataset.{name}_list) at a "
-                "VOC-layout folder, or fetch VOC 2012 + SBD with `snakemake --cores 2 download`")
+                "VOC-layout folder, or fetch VOC 2012 + SBD with `snakemake --cores 2 download`"
+            )
     splits = {name: read_ids(path) for name, path in lists.items()}
     both = sorted(set(splits["train"]) & set(splits["val"]))
     if both:
@@ -54,11 +56,10 @@ def prepare(root: Path, train_list: Path, val_list: Path, mask_dir: str = "auto"
 
 def summary(doc: dict) -> str:
     """One line: images per split and, per class, images containing it (train/val)."""
-    counts = {name: Counter(c for i in ids for c in doc["index"][i]["classes"])
-              for name, ids in doc["splits"].items()}
+    counts = {name: Counter(c for i in ids for c in doc["index"][i]["classes"]) for name, ids in doc["splits"].items()}
     classes = sorted(set(counts["train"]) | set(counts["val"]))
     per_class = " ".join(f"{c}:{counts['train'][c]}/{counts['val'][c]}" for c in classes)
-    return (f"prepare-data: train {len(doc['splits']['train'])} images, val {len(doc['splits']['val'])} "
-            f"images; images per class (train/val): {per_class}")
-
-
+    return (
+        f"prepare-data: train {len(doc['splits']['train'])} images, val {len(doc['splits']['val'])} "
+        f"images; images per class (train/val): {per_class}"
+    )

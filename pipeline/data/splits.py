@@ -23,8 +23,15 @@ from pipeline.data.classes import VOC_CLASSES
 from pipeline.io import read_json
 
 
-def build_splits(index: Mapping[str, object], task: str, protocol: str, relaxed: bool = False, *,
-                 dataset: str = "voc", task_table: str = "voc") -> list[dict]:
+def build_splits(
+    index: Mapping[str, object],
+    task: str,
+    protocol: str,
+    relaxed: bool = False,
+    *,
+    dataset: str = "voc",
+    task_table: str = "voc",
+) -> list[dict]:
     """Training ids and image-level labels of every step (MiB filters; WILSON Sec. 3.1, Table 5).
 
     Args:
@@ -49,27 +56,32 @@ def build_splits(index: Mapping[str, object], task: str, protocol: str, relaxed:
     for step in range(tasks.num_steps(task, task_table)):
         ids = tasks.filter_ids(index, task, step, protocol, task_table)
         if not ids:
-            raise ValueError(f"task {task!r}, protocol {protocol!r}, step {step}: no training image "
-                             f"contains a class of this step ({tasks.new_classes(task, step, task_table)}) "
-                             f"among the {len(index)} indexed images; expected at least one")
+            raise ValueError(
+                f"task {task!r}, protocol {protocol!r}, step {step}: no training image "
+                f"contains a class of this step ({tasks.new_classes(task, step, task_table)}) "
+                f"among the {len(index)} indexed images; expected at least one"
+            )
         labels = {
-            image_id: tasks.image_labels(tasks.entry_classes(image_id, index[image_id]), task, step,
-                                         relaxed, task_table)
+            image_id: tasks.image_labels(
+                tasks.entry_classes(image_id, index[image_id]), task, step, relaxed, task_table
+            )
             for image_id in ids
         }
-        splits.append({
-            "dataset": dataset,
-            "task_table": task_table,
-            "task": task,
-            "protocol": protocol,
-            "step": step,
-            "new_classes": tasks.new_classes(task, step, task_table),
-            "old_classes": tasks.old_classes(task, step, task_table),
-            "seen_classes": tasks.seen_classes(task, step, task_table),
-            "relaxed": bool(relaxed),
-            "ids": ids,
-            "labels": labels,
-        })
+        splits.append(
+            {
+                "dataset": dataset,
+                "task_table": task_table,
+                "task": task,
+                "protocol": protocol,
+                "step": step,
+                "new_classes": tasks.new_classes(task, step, task_table),
+                "old_classes": tasks.old_classes(task, step, task_table),
+                "seen_classes": tasks.seen_classes(task, step, task_table),
+                "relaxed": bool(relaxed),
+                "ids": ids,
+                "labels": labels,
+            }
+        )
     return splits
 
 
@@ -95,24 +107,26 @@ def summarize_splits(steps: Sequence[Mapping], index: Mapping[str, object] | Non
     summary["steps"] = []
     for split in steps:
         if index is None:
-            counted = sorted({c for labels in split["labels"].values() for c in labels}
-                             | set(split["new_classes"]))
+            counted = sorted({c for labels in split["labels"].values() for c in labels} | set(split["new_classes"]))
             present = {i: set(split["labels"][i]) for i in split["ids"]}
         else:
             counted = [c for c in split["seen_classes"] if c != 0]
             missing = [i for i in split["ids"] if i not in index]
             if missing:
-                raise ValueError(f"task {split['task']!r}, step {split['step']}: ids {missing[:5]} "
-                                 "are not in the index")
+                raise ValueError(
+                    f"task {split['task']!r}, step {split['step']}: ids {missing[:5]} are not in the index"
+                )
             present = {i: set(tasks.entry_classes(i, index[i])) for i in split["ids"]}
         counts = {str(c): sum(c in classes for classes in present.values()) for c in counted}
-        summary["steps"].append({
-            "step": split["step"],
-            "images": len(split["ids"]),
-            "new_classes": list(split["new_classes"]),
-            "old_classes": list(split["old_classes"]),
-            "class_images": counts,
-        })
+        summary["steps"].append(
+            {
+                "step": split["step"],
+                "images": len(split["ids"]),
+                "new_classes": list(split["new_classes"]),
+                "old_classes": list(split["old_classes"]),
+                "class_images": counts,
+            }
+        )
     return summary
 
 
@@ -132,8 +146,7 @@ def summary_csv(summary: Mapping) -> str:
     writer.writerow(["step", "images", *names])
     for row in summary["steps"]:
         counts = row["class_images"]
-        writer.writerow([row["step"], row["images"],
-                         *(counts.get(str(c), "") for c in range(1, len(names) + 1))])
+        writer.writerow([row["step"], row["images"], *(counts.get(str(c), "") for c in range(1, len(names) + 1))])
     return out.getvalue()
 
 
@@ -150,20 +163,16 @@ def load_index(path: str | os.PathLike, split: str = "train") -> dict[str, dict]
             (names the file and the ids).
     """
     data = read_json(path)
-    if not isinstance(data, dict) or not isinstance(data.get("splits"), dict) \
-            or not isinstance(data.get("index"), dict):
+    if (
+        not isinstance(data, dict)
+        or not isinstance(data.get("splits"), dict)
+        or not isinstance(data.get("index"), dict)
+    ):
         raise ValueError(f"{path}: expected a prepare-data index JSON with keys 'splits' and 'index'")
     if split not in data["splits"]:
         raise ValueError(f"{path}: no split {split!r}; splits present: {sorted(data['splits'])}")
     ids = data["splits"][split]
     missing = [i for i in ids if i not in data["index"]]
     if missing:
-        raise ValueError(f"{path}: {len(missing)} ids of split {split!r} have no index entry, "
-                         f"e.g. {missing[:5]}")
+        raise ValueError(f"{path}: {len(missing)} ids of split {split!r} have no index entry, e.g. {missing[:5]}")
     return {i: data["index"][i] for i in ids}
-
-
-
-
-
-

@@ -11,6 +11,9 @@ CVPR 2020, ``tasks.py`` and ``dataset/utils.py:filter_images``), reused unchange
 present) and Sec. 3.2 / Table 5 ("relaxed": every seen class present).
 
 Class indices follow :mod:`pipeline.data.classes`: 0 background, 1..20 VOC objects, 255 void.
+COCO-to-VOC (WILSON Sec. 4.1, Table 3; table ``"coco"``, task ``"coco-voc"``) uses COCO category
+ids (:mod:`pipeline.data.coco_classes`): 0 background, the 80 ids in use (1..90, the 11 unused
+ids are not classes), 255 void; its step 1 reads VOC masks relabelled to COCO ids.
 """
 
 from __future__ import annotations
@@ -21,11 +24,20 @@ from collections.abc import Iterable, Mapping
 import numpy as np
 
 from pipeline.data.classes import BACKGROUND, NUM_OBJECT_CLASSES, VOID
+from pipeline.data.coco_classes import COCO_IDS, COCO_MAX_ID
 
 PROTOCOLS: tuple[str, ...] = ("disjoint", "overlap")
 
-# Number of object classes (background excluded) of each task table.
-NUM_CLASSES: dict[str, int] = {"voc": NUM_OBJECT_CLASSES}
+# Highest object class id (background excluded) of each task table: for VOC the number of object
+# classes (ids 1..20); for COCO the highest COCO category id in use (90), of which 80 are classes
+# (CLASS_IDS). Every table's ids fit the (256,) uint8 lookup tables below, 255 being void.
+NUM_CLASSES: dict[str, int] = {"voc": NUM_OBJECT_CLASSES, "coco": COCO_MAX_ID}
+
+# The object class ids of each task table (background 0 and void 255 excluded), ascending.
+CLASS_IDS: dict[str, tuple[int, ...]] = {
+    "voc": tuple(range(1, NUM_OBJECT_CLASSES + 1)),
+    "coco": COCO_IDS,
+}
 
 
 def _range(first: int, last: int) -> list[int]:
@@ -33,8 +45,16 @@ def _range(first: int, last: int) -> list[int]:
 
 
 # Classes introduced at each step, per dataset; step 0 includes background 0. Standard VOC index
-# order (MiB tasks.py). Written out literally; tests/test_tasks.py checks every row against the
-# generic naming rule of :func:`build_task`. COCO-to-VOC (WILSON Sec. 4.1) goes under a "coco" key.
+# order (MiB tasks.py). Written out literally; tests/test_tasks.py checks every VOC row against the
+# generic naming rule of :func:`build_task`. COCO-to-VOC (WILSON Sec. 4.1; the authors'
+# tasks['coco-voc']['voc']) in COCO ids: step 0 background + the 60 COCO classes not in VOC, step 1
+# the 20 VOC classes; tests/test_coco.py checks it against pipeline.data.coco_classes.
+# fmt: off
+_COCO_VOC_STEP0 = (0, 8, 10, 11, 13, 14, 15, 22, 23, 24, 25, 27, 28, 31, 32, 33, 34, 35, 36, 37, 38, 39, 40, 41,
+                   42, 43, 46, 47, 48, 49, 50, 51, 52, 53, 54, 55, 56, 57, 58, 59, 60, 61, 65, 70, 73, 74, 75, 76,
+                   77, 78, 79, 80, 81, 82, 84, 85, 86, 87, 88, 89, 90)
+_COCO_VOC_STEP1 = (1, 2, 3, 4, 5, 6, 7, 9, 16, 17, 18, 19, 20, 21, 44, 62, 63, 64, 67, 72)
+# fmt: on
 TASKS: dict[str, dict[str, list[list[int]]]] = {
     "voc": {
         "19-1": [_range(0, 19), [20]],
@@ -43,9 +63,9 @@ TASKS: dict[str, dict[str, list[list[int]]]] = {
         "10-10": [_range(0, 10), _range(11, 20)],
         "10-5-5": [_range(0, 10), _range(11, 15), _range(16, 20)],
         "10-2": [_range(0, 10), [11, 12], [13, 14], [15, 16], [17, 18], [19, 20]],
-        "2-2": [[0, 1, 2], [3, 4], [5, 6], [7, 8], [9, 10], [11, 12], [13, 14], [15, 16], [17, 18],
-                [19, 20]],
+        "2-2": [[0, 1, 2], [3, 4], [5, 6], [7, 8], [9, 10], [11, 12], [13, 14], [15, 16], [17, 18], [19, 20]],
     },
+    "coco": {"coco-voc": [list(_COCO_VOC_STEP0), list(_COCO_VOC_STEP1)]},
 }
 
 _TASK_NAME = re.compile(r"^[0-9]+(-[0-9]+)+$")
@@ -70,8 +90,10 @@ def build_task(task: str, num_classes: int = NUM_OBJECT_CLASSES) -> list[list[in
             neither add up to ``num_classes`` nor can be repeated to reach it exactly.
     """
     if not isinstance(task, str) or not _TASK_NAME.match(task):
-        raise ValueError(f"task {task!r}: expected a name like '15-5' or '10-5-5' (base classes, "
-                         "then the classes added at each step)")
+        raise ValueError(
+            f"task {task!r}: expected a name like '15-5' or '10-5-5' (base classes, "
+            "then the classes added at each step)"
+        )
     base, *increments = (int(part) for part in task.split("-"))
     if base == 0 or 0 in increments:
         raise ValueError(f"task {task!r}: every step must add at least one class")
@@ -81,8 +103,10 @@ def build_task(task: str, num_classes: int = NUM_OBJECT_CLASSES) -> list[list[in
     elif len(increments) == 1 and remaining > 0 and remaining % increments[0] == 0:
         increments = increments * (remaining // increments[0])
     else:
-        raise ValueError(f"task {task!r}: the steps must cover the {num_classes} object classes "
-                         f"exactly (base {base}, increments {increments})")
+        raise ValueError(
+            f"task {task!r}: the steps must cover the {num_classes} object classes "
+            f"exactly (base {base}, increments {increments})"
+        )
     steps = [list(range(0, base + 1))]
     first = base + 1
     for size in increments:
@@ -96,9 +120,11 @@ def _task_table(task: str, dataset: str) -> list[list[int]]:
         raise ValueError(f"dataset {dataset!r}: no task table; valid datasets: {sorted(TASKS)}")
     table = TASKS[dataset]
     if task not in table:
-        raise ValueError(f"unknown task {task!r} for dataset {dataset!r}; valid tasks: "
-                         f"{', '.join(table)} (add a row to pipeline.data.tasks.TASKS, "
-                         "e.g. with build_task)")
+        raise ValueError(
+            f"unknown task {task!r} for dataset {dataset!r}; valid tasks: "
+            f"{', '.join(table)} (add a row to pipeline.data.tasks.TASKS, "
+            "e.g. with build_task)"
+        )
     return table[task]
 
 
@@ -106,8 +132,9 @@ def task_steps(task: str, dataset: str = "voc") -> list[list[int]]:
     """Classes introduced at each step of ``task`` (MiB tasks.py; WILSON Sec. 4.1).
 
     Args:
-        task: a task of ``TASKS[dataset]``: "15-5", "15-1", "10-10", "10-5-5", "10-2", "19-1", "2-2".
-        dataset: key of the task table ("voc").
+        task: a task of ``TASKS[dataset]``: "15-5", "15-1", "10-10", "10-5-5", "10-2", "19-1", "2-2"
+            (``"voc"``); "coco-voc" (``"coco"``, classes in COCO ids).
+        dataset: key of the task table ("voc" or "coco").
     Returns:
         list (one entry per step) of sorted class-index lists; step 0 includes background 0.
         A fresh copy: mutating it does not change the table.
@@ -129,8 +156,7 @@ def num_steps(task: str, dataset: str = "voc") -> int:
 def _check_step(task: str, step: int, dataset: str) -> list[list[int]]:
     steps = _task_table(task, dataset)
     if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or not 0 <= step < len(steps):
-        raise ValueError(f"task {task!r}: step {step!r} out of range; valid steps: "
-                         f"0..{len(steps) - 1}")
+        raise ValueError(f"task {task!r}: step {step!r} out of range; valid steps: 0..{len(steps) - 1}")
     return steps
 
 
@@ -179,7 +205,7 @@ def future_classes(task: str, step: int, dataset: str = "voc") -> list[int]:
         ValueError: unknown task, or ``step`` not in 0..num_steps-1.
     """
     steps = _check_step(task, step, dataset)
-    return sorted(c for s in steps[step + 1:] for c in s)
+    return sorted(c for s in steps[step + 1 :] for c in s)
 
 
 def entry_classes(image_id: str, entry: object) -> list[int]:
@@ -195,12 +221,12 @@ def entry_classes(image_id: str, entry: object) -> list[int]:
     """
     if isinstance(entry, Mapping):
         if "classes" not in entry:
-            raise ValueError(f"index entry {image_id!r}: no 'classes' key (expected "
-                             "{'classes': [...]} or a list of class indices)")
+            raise ValueError(
+                f"index entry {image_id!r}: no 'classes' key (expected {{'classes': [...]}} or a list of class indices)"
+            )
         entry = entry["classes"]
     if isinstance(entry, (str, bytes)) or not isinstance(entry, Iterable):
-        raise ValueError(f"index entry {image_id!r}: expected a list of class indices, "
-                         f"got {type(entry).__name__}")
+        raise ValueError(f"index entry {image_id!r}: expected a list of class indices, got {type(entry).__name__}")
     classes = list(entry)
     for c in classes:
         if isinstance(c, bool) or not isinstance(c, (int, np.integer)):
@@ -208,8 +234,7 @@ def entry_classes(image_id: str, entry: object) -> list[int]:
     return [int(c) for c in classes]
 
 
-def filter_ids(index: Mapping[str, object], task: str, step: int, protocol: str,
-               dataset: str = "voc") -> list[str]:
+def filter_ids(index: Mapping[str, object], task: str, step: int, protocol: str, dataset: str = "voc") -> list[str]:
     """Ids of the training images of ``step`` under ``protocol`` (MiB ``filter_images``).
 
     Let ``labels`` be the classes introduced at ``step`` without background. MiB's filters:
@@ -235,14 +260,16 @@ def filter_ids(index: Mapping[str, object], task: str, step: int, protocol: str,
         raise ValueError(f"unknown protocol {protocol!r}; valid protocols: {', '.join(PROTOCOLS)}")
     labels = set(new_classes(task, step, dataset))
     seen = set(seen_classes(task, step, dataset)) | {VOID}
-    valid = set(range(NUM_CLASSES[dataset] + 1)) | {VOID}
+    valid = {BACKGROUND, *CLASS_IDS[dataset], VOID}
     kept = []
     for image_id, entry in index.items():
         present = set(entry_classes(image_id, entry))
         unknown = present - valid
         if unknown:
-            raise ValueError(f"index entry {image_id!r}: classes {sorted(unknown)} are not classes "
-                             f"of dataset {dataset!r} (expected 0..{NUM_CLASSES[dataset]} or 255)")
+            raise ValueError(
+                f"index entry {image_id!r}: classes {sorted(unknown)} are not classes "
+                f"of dataset {dataset!r} (expected {_valid_ids_text(dataset)})"
+            )
         if not present & labels:
             continue
         if protocol == "disjoint" and not present <= seen:
@@ -251,8 +278,9 @@ def filter_ids(index: Mapping[str, object], task: str, step: int, protocol: str,
     return kept
 
 
-def image_labels(classes_present: Iterable[int], task: str, step: int, relaxed: bool = False,
-                 dataset: str = "voc") -> list[int]:
+def image_labels(
+    classes_present: Iterable[int], task: str, step: int, relaxed: bool = False, dataset: str = "voc"
+) -> list[int]:
     """Image-level labels of one training image at ``step`` (WILSON Sec. 3.1 / Table 5).
 
     Standard WILSS setting: the labels are the *new* classes present in the image (old classes
@@ -275,9 +303,18 @@ def image_labels(classes_present: Iterable[int], task: str, step: int, relaxed: 
     return sorted(wanted & {int(c) for c in classes_present})
 
 
+def _valid_ids_text(dataset: str) -> str:
+    """The class ids of a table in words, for error messages."""
+    ids = CLASS_IDS[dataset]
+    if ids == tuple(range(1, NUM_CLASSES[dataset] + 1)):
+        return f"0..{NUM_CLASSES[dataset]} or {VOID}"
+    return f"0, one of the {len(ids)} class ids {ids[0]}..{ids[-1]} or {VOID}"
+
+
 def _lut(keep: Iterable[int], dataset: str) -> np.ndarray:
     lut = np.full(256, VOID, dtype=np.uint8)
-    lut[: NUM_CLASSES[dataset] + 1] = BACKGROUND
+    lut[BACKGROUND] = BACKGROUND
+    lut[list(CLASS_IDS[dataset])] = BACKGROUND
     for c in keep:
         lut[c] = c
     return lut
@@ -294,8 +331,9 @@ def pixel_target_lut(task: str, step: int, learned: str = "current", dataset: st
         learned: ``"current"`` keeps only the classes of this step (fine-tuning, MiB, step 0);
             ``"seen"`` keeps every seen class (Joint training on the step's images).
     Returns:
-        (256,) uint8 array; entry k is the target of label k. Values above the dataset's class
-        range that are not 255 (never produced by a valid mask) map to 255 so they are ignored.
+        (256,) uint8 array; entry k is the target of label k. Values that are not class ids of the
+        table and not 255 (above the class range, or COCO's unused ids; never produced by a valid
+        mask) map to 255 so they are ignored.
     Raises:
         ValueError: unknown task, step out of range, or ``learned`` not "current"/"seen".
     """
@@ -315,7 +353,8 @@ def eval_target_lut(task: str, step: int, dataset: str = "voc") -> np.ndarray:
     every future class relabelled background; 255 stays 255 (ignored).
 
     Returns:
-        (256,) uint8 array, ``target = lut[mask]``; values above the class range map to 255.
+        (256,) uint8 array, ``target = lut[mask]``; values that are not class ids of the table
+        (above the class range, COCO's unused ids) map to 255.
     Raises:
         ValueError: unknown task or step out of range.
     """

@@ -57,10 +57,12 @@ class TrainTransform:
     def __init__(self, crop_size: int, scale_range: tuple[float, float] = (0.5, 2.0), lut: np.ndarray | None = None):
         self.lut = lut
         self.scale = RandomScale(tuple(scale_range))
-        self.geometric = v2.Compose([
-            v2.RandomCrop(crop_size, pad_if_needed=True, fill={tv_tensors.Mask: VOID, "others": 0}),
-            v2.RandomHorizontalFlip(),
-        ])
+        self.geometric = v2.Compose(
+            [
+                v2.RandomCrop(crop_size, pad_if_needed=True, fill={tv_tensors.Mask: VOID, "others": 0}),
+                v2.RandomHorizontalFlip(),
+            ]
+        )
         self.normalise = v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
 
     def __call__(self, sample: dict) -> dict:
@@ -72,8 +74,10 @@ class TrainTransform:
         if extra is not None:
             extra = torch.from_numpy(np.ascontiguousarray(extra)).long()
             if extra.ndim != 3 or extra.shape[1:] != mask.shape:
-                raise ValueError(f"id {sample['id']!r}: extra maps {tuple(extra.shape)} do not match "
-                                 f"the mask {tuple(mask.shape)}; expected (K, H, W)")
+                raise ValueError(
+                    f"id {sample['id']!r}: extra maps {tuple(extra.shape)} do not match "
+                    f"the mask {tuple(mask.shape)}; expected (K, H, W)"
+                )
             mask = tv_tensors.Mask(torch.cat([mask[None], extra]))
         image, mask = self.geometric(*self.scale(image, mask))
         out = {"id": sample["id"], "image": self.normalise(image).as_subclass(Tensor)}
@@ -115,15 +119,17 @@ def pad_collate(samples: list[dict]) -> dict:
     heights = [s["image"].shape[-2] for s in samples]
     widths = [s["image"].shape[-1] for s in samples]
     height, width = max(heights), max(widths)
-    batch = {"id": [s["id"] for s in samples],
-             "size": torch.tensor(list(zip(heights, widths)), dtype=torch.long)}
+    batch = {"id": [s["id"] for s in samples], "size": torch.tensor(list(zip(heights, widths)), dtype=torch.long)}
     for key in samples[0]:
         if key == "id":
             continue
         values = [s[key] for s in samples]
         first = values[0]
-        if isinstance(first, Tensor) and first.ndim >= 2 and all(
-                v.shape[-2:] == (h, w) for v, h, w in zip(values, heights, widths)):
+        if (
+            isinstance(first, Tensor)
+            and first.ndim >= 2
+            and all(v.shape[-2:] == (h, w) for v, h, w in zip(values, heights, widths))
+        ):
             label_map = key in LABEL_MAP_KEYS and not first.is_floating_point() and first.dtype != torch.bool
             stacked = first.new_full((len(samples), *first.shape[:-2], height, width), VOID if label_map else 0)
             for i, v in enumerate(values):

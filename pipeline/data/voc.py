@@ -12,8 +12,8 @@ import contextlib
 import functools
 import multiprocessing
 import os
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 import numpy as np
 import torch.utils.data
@@ -155,8 +155,9 @@ def _image_size(path: Path, image_id: str | None) -> tuple[int, int]:
     return height, width
 
 
-def check_mask_values(mask: np.ndarray, path: str | os.PathLike, image_id: str | None = None,
-                      num_classes: int = NUM_OBJECT_CLASSES) -> np.ndarray:
+def check_mask_values(
+    mask: np.ndarray, path: str | os.PathLike, image_id: str | None = None, num_classes: int = NUM_OBJECT_CLASSES
+) -> np.ndarray:
     """Check that a label map holds only 0..num_classes and 255.
 
     Args:
@@ -180,8 +181,9 @@ def check_mask_values(mask: np.ndarray, path: str | os.PathLike, image_id: str |
     return counts
 
 
-def load_mask(path: str | os.PathLike, num_classes: int = NUM_OBJECT_CLASSES,
-              image_id: str | None = None) -> np.ndarray:
+def load_mask(
+    path: str | os.PathLike, num_classes: int = NUM_OBJECT_CLASSES, image_id: str | None = None
+) -> np.ndarray:
     """Load a label map (PNG mode ``P``: the palette indices, not the colours; or mode ``L``; PIL).
 
     Args:
@@ -207,8 +209,13 @@ def load_mask(path: str | os.PathLike, num_classes: int = NUM_OBJECT_CLASSES,
     return mask
 
 
-def check_pair(root: str | os.PathLike, image_id: str, mask_dir: str | os.PathLike,
-               images: bool = True, num_classes: int = NUM_OBJECT_CLASSES) -> dict:
+def check_pair(
+    root: str | os.PathLike,
+    image_id: str,
+    mask_dir: str | os.PathLike,
+    images: bool = True,
+    num_classes: int = NUM_OBJECT_CLASSES,
+) -> dict:
     """Check one image/mask pair and report its size and the object classes it contains.
 
     Args:
@@ -243,8 +250,14 @@ def check_pair(root: str | os.PathLike, image_id: str, mask_dir: str | os.PathLi
     return {"id": image_id, "height": int(height), "width": int(width), "classes": classes}
 
 
-def index_dataset(root: str | os.PathLike, ids: list[str], mask_dir: str | os.PathLike = "auto",
-                  images: bool = True, workers: int = 0, progress: bool = True) -> dict[str, dict]:
+def index_dataset(
+    root: str | os.PathLike,
+    ids: list[str],
+    mask_dir: str | os.PathLike = "auto",
+    images: bool = True,
+    workers: int = 0,
+    progress: bool = True,
+) -> dict[str, dict]:
     """Check every pair (:func:`check_pair`) and index size and class presence per id.
 
     Args:
@@ -263,8 +276,7 @@ def index_dataset(root: str | os.PathLike, ids: list[str], mask_dir: str | os.Pa
     root = Path(root)
     masks = resolve_mask_dir(root, mask_dir)
     check = functools.partial(check_pair, root, mask_dir=masks, images=images)
-    bar = tqdm(total=len(ids), desc=f"index {root.name}", unit="img", disable=not progress,
-               mininterval=1.0)
+    bar = tqdm(total=len(ids), desc=f"index {root.name}", unit="img", disable=not progress, mininterval=1.0)
     index: dict[str, dict] = {}
     with bar, contextlib.ExitStack() as stack:
         if workers > 0:
@@ -288,8 +300,13 @@ class VOCSegmentation(torch.utils.data.Dataset):
     folder (at construction) or a bad pair (when the item is read).
     """
 
-    def __init__(self, root: str | os.PathLike, ids: list[str], mask_dir: str = "auto",
-                 transform: Callable[[dict], object] | None = None) -> None:
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        ids: list[str],
+        mask_dir: str = "auto",
+        transform: Callable[[dict], object] | None = None,
+    ) -> None:
         self.root = Path(root)
         self.ids = list(ids)
         self.mask_dir = resolve_mask_dir(self.root, mask_dir)
