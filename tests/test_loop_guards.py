@@ -2,6 +2,7 @@
 iterations and keeps the last checkpoint; an unreadable checkpoint is set aside, never trusted."""
 
 import logging
+import pathlib
 
 import pytest
 import torch
@@ -58,3 +59,23 @@ def test_checkpoint_bytes_do_not_depend_on_the_temporary_name(tmp_path):
         trainer.run_dir.mkdir(parents=True)
         trainer.save_checkpoint(0)
     assert (tmp_path / "a/checkpoint.pt").read_bytes() == (tmp_path / "b/checkpoint.pt").read_bytes()
+
+
+class _Payload:
+    """Creates a marker file when unpickled (a stand-in for code hidden in a shared checkpoint)."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (pathlib.Path.touch, (self.marker,))
+
+
+def test_malicious_checkpoint_is_refused_and_never_runs(tmp_path, caplog):
+    marker = tmp_path / "pwned"
+    torch.save({"fingerprint": "x", "payload": _Payload(marker)}, tmp_path / "checkpoint.pt")
+    trainer = _trainer(tmp_path, CE())
+    with caplog.at_level(logging.WARNING):
+        assert not trainer.try_resume()
+    assert not marker.exists()
+    assert "cannot be read" in caplog.text and (tmp_path / "checkpoint.pt.unreadable").is_file()

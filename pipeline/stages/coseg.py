@@ -42,6 +42,10 @@ from pipeline.foundation.coseg import (
     expected_provenance,
     resolve_config,
 )
+from pipeline.foundation.figure import coseg_figure
+from pipeline.io import read_json, write_json
+from pipeline.stages.common import parse_params, set_threads, setup_logging
+from pipeline.train.loop import resolve_device
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -75,11 +79,6 @@ def run(args: argparse.Namespace) -> None:
         ValueError: bad ``--params`` or inputs; CacheError: with ``--quality-only``, a missing or
             stale cache, or one lacking ids of the split.
     """
-    from pipeline.foundation.figure import coseg_figure
-    from pipeline.io import read_json, write_json
-    from pipeline.stages.common import parse_params, set_threads, setup_logging
-    from pipeline.train.loop import resolve_device
-
     setup_logging()
     set_threads(args.threads)
     cfg = resolve_config(parse_params(args.params))

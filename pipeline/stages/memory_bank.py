@@ -25,9 +25,15 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline import __version__
 from pipeline.cache import CacheReader, open_cache
 from pipeline.data.classes import BACKGROUND
+from pipeline.data.datasets import step_dataset
+from pipeline.data.voc import IMAGE_DIR, load_image
+from pipeline.foundation.coseg import READ_TIME_KEYS, coseg_label_maps, expected_provenance, resolve_config
+from pipeline.io import read_json
 from pipeline.methods.fmwiss.memory import build_memory_bank, extend_memory_bank
+from pipeline.stages.common import parse_params, setup_logging
 
 log = logging.getLogger(__name__)
 
@@ -104,8 +110,6 @@ def _ordered_map(fn, n: int, threads: int) -> Iterator:
 
 def _ground_truth_sources(data: str, ids: list[str], threads: int) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
     """``(id, image, ground-truth mask)`` of each id (step 0: pixel labels are available)."""
-    from pipeline.data.datasets import step_dataset
-
     dataset = step_dataset(data, ids, transform=None)
 
     def item(i: int) -> tuple[str, np.ndarray, np.ndarray]:
@@ -124,10 +128,6 @@ def _coseg_sources(
     Raises:
         CacheError: (when iteration starts) the cache lacks an id of the split (names one).
     """
-    from pipeline.data.voc import IMAGE_DIR, load_image
-    from pipeline.foundation.coseg import coseg_label_maps
-    from pipeline.io import read_json
-
     root = Path(read_json(data)["root"])
     reader.require(ids, "co-segmentation")
     images = _ordered_map(lambda i: load_image(root / IMAGE_DIR / f"{ids[i]}.jpg", ids[i]), len(ids), threads)
@@ -148,10 +148,6 @@ def run(args: argparse.Namespace) -> None:
         CacheError: a missing or stale previous bank or coseg cache.
     """
     from tqdm import tqdm
-
-    from pipeline import __version__
-    from pipeline.io import read_json
-    from pipeline.stages.common import parse_params, setup_logging
 
     setup_logging()
     params = stage_params(parse_params(args.params))
@@ -199,12 +195,6 @@ def run(args: argparse.Namespace) -> None:
                 f"{args.split}: step {step} has no pixel labels; give --previous (the bank of step "
                 f"{step - 1}) and --coseg (the step's co-segmentation cache)"
             )
-        from pipeline.foundation.coseg import (
-            READ_TIME_KEYS,
-            expected_provenance,
-            resolve_config,
-        )
-
         cfg = resolve_config(parse_params(args.coseg_params))
         classes = [c for c in split["new_classes"] if c != BACKGROUND]
         log.info(

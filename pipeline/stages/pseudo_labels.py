@@ -38,7 +38,9 @@ from collections.abc import Mapping
 from pipeline.io import read_json, write_json
 from pipeline.stages.common import parse_params, set_threads, setup_logging
 from pipeline.train.loop import resolve_device
+from pipeline.wsss.figure import save_pseudo_label_figure
 from pipeline.wsss.networks import load_cam_model
+from pipeline.wsss.objectives import CAM_OBJECTIVES
 from pipeline.wsss.pseudo_labels import (
     DEFAULT_CONTOUR_TOLERANCE,
     INFERENCE_KEYS,
@@ -62,7 +64,7 @@ def check_model_matches(meta: dict, model_path: str, cam: str, split: Mapping, s
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--cam", required=True, choices=("cam", "vwe", "iscam"), help="WSSS baseline")
+    parser.add_argument("--cam", required=True, choices=sorted(CAM_OBJECTIVES), help="WSSS baseline (its CAM network)")
     parser.add_argument("--model", required=True, help="model.pt written by train-cam")
     parser.add_argument("--split", required=True, help="step{t}.json written by the splits stage")
     parser.add_argument("--data", required=True, help="dataset index JSON written by prepare-data")
@@ -80,8 +82,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    from pipeline.wsss.figure import save_pseudo_label_figure
-
     setup_logging()
     set_threads(args.threads)
     params = parse_params(args.params)

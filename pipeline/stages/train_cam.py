@@ -31,7 +31,7 @@ from pipeline.stages.common import add_run_arguments, start_run
 from pipeline.train.distributed import SINGLE
 from pipeline.train.loop import LoopConfig, Trainer, fingerprint, seed_everything
 from pipeline.wsss.networks import build_cam_model, save_cam_model
-from pipeline.wsss.objectives import build_cam_objective
+from pipeline.wsss.objectives import CAM_OBJECTIVES, build_cam_objective
 
 log = logging.getLogger("pipeline.stages.train_cam")
 
@@ -135,7 +135,7 @@ def train_cam_and_save(
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--cam", required=True, choices=("cam", "vwe", "iscam"), help="WSSS baseline")
+    parser.add_argument("--cam", required=True, choices=sorted(CAM_OBJECTIVES), help="WSSS baseline (its CAM network)")
     add_run_arguments(parser, 'JSON: {"train": {...}, "cam": {...}} (config train_cam[.<cam>] and wsss.<cam>)')
 
 

@@ -15,6 +15,4 @@ Consumer API (the incremental step reading the labels)::
 
 from pipeline.wsss.pseudo_labels import expected_provenance, read_pseudo_label
 
-CAM_BASELINES = ("cam", "vwe", "iscam")
-
-__all__ = ["CAM_BASELINES", "expected_provenance", "read_pseudo_label"]
+__all__ = ["expected_provenance", "read_pseudo_label"]

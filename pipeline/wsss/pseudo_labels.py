@@ -49,6 +49,7 @@ from pipeline.data.datasets import step_dataset
 from pipeline.data.transforms import EvalTransform
 from pipeline.data.voc import load_mask, resolve_mask_dir
 from pipeline.io import file_sha256, read_json
+from pipeline.metrics.quality import MaskQuality
 
 log = logging.getLogger("pipeline.wsss.pseudo_labels")
 
@@ -300,8 +301,6 @@ def write_cache(
 
 def measure_quality(out: str | Path, provenance: dict, split: dict, data_index: str, tolerance) -> dict:
     """Region mIoU and contour F-score of the cached labels against the ground truth."""
-    from pipeline.metrics.quality import MaskQuality
-
     index = read_json(data_index)
     mask_dir = resolve_mask_dir(index["root"], index["mask_dir"])
     quality = MaskQuality(split["new_classes"], tolerance)
