@@ -1,35 +1,6 @@
 """Stage ``coseg``: FMWISS pre-training based co-segmentation of a step's training images (Sec. 3.2).
 
-For every training image of the step (ids of ``step{t}.json``) and each of its labelled new
-classes, runs CLIP with MaskCLIP's last block (initial mask scores, Eq. 1-3) and a self-supervised
-ViT (seed-guided last-block attention, Eq. 4), and caches the score maps in HDF5
-(:mod:`pipeline.cache`), one group per image id::
-
-    classes    (K,)         int32    the image's labelled new classes (sorted)
-    clip       (K, hc, wc)  float16  M_init, cosine pixel-text scores (Eq. 3) at CLIP's patch grid
-    attention  (K, hs, ws)  float16  seed attention (Eq. 4 before [.]binary) / its max, SSL patch grid
-    seeds      (K, N, 2)    int16    the seed points (row, col) on the SSL grid, -1 = none
-    attrs: size (H, W) of the image, input_shape (h, w) fed to the models
-
-Binarisation, top-K% and fusion are applied by the readers (:mod:`pipeline.foundation.coseg`), so
-an ablation of them never re-runs this stage. The root attributes record the provenance
-(:func:`pipeline.foundation.coseg.expected_provenance`); a killed run resumes from the partial
-cache, skipping the images already written.
-
-Inference: each image is resized (bilinear, antialiased) so that its long side is ``input_size``
-with both sides rounded to whole patches (aspect kept to within half a patch); images are batched
-by resized shape, so no padding enters the attention and a batch gives the results of one image
-at a time. AMP (float16 autocast) on CUDA only.
-
-``source: oracle`` runs no model: ``clip`` and ``attention`` hold the ground-truth masks (1 inside,
-0 outside) of the labelled new classes at image resolution, so the read path is unchanged and
-the fused masks equal the ground truth (an upper bound; mIoU 1.0 on the step's images).
-
-With ``--quality`` the masks read back from the cache (initial, seeds, fused) are scored against
-the ground truth of the step's training images (:class:`pipeline.metrics.quality.MaskQuality`:
-mIoU over background + new classes, other classes as background, WILSON's convention; contour
-F-score); ``--figure`` draws a few images. ``--quality-only`` reads an existing cache (``--out``)
-without computing.
+The stage's command line; what it computes is documented in :mod:`pipeline.foundation.compute`.
 """
 
 from __future__ import annotations

@@ -1,17 +1,6 @@
 """Stage ``download``: fetch PASCAL VOC 2012 + SBD (md5 verified) and build the VOC-aug layout.
 
-Archives (URLs and md5 sums as in torchvision's ``VOCSegmentation`` and ``SBDataset``):
-``VOCtrainval_11-May-2012.tar`` (Everingham et al.) and ``benchmark.tgz`` (SBD, Hariharan et
-al., ICCV 2011), fetched and extracted with ``torchvision.datasets.utils.
-download_and_extract_archive`` into ``--download-dir``. Layout built under ``--root``:
-
-- ``JPEGImages/<id>.jpg`` for every listed id (copied from VOC);
-- ``SegmentationClassAug/<id>.png``: index PNGs (VOC palette); VOC ``SegmentationClass`` masks
-  for VOC segmentation ids, SBD ``cls/<id>.mat`` (``GTcls.Segmentation``) for the others;
-- ``ImageSets/Segmentation/train_aug.txt`` = (SBD train ∪ SBD val ∪ VOC seg train) − VOC seg val
-  (10,582 ids) and ``val.txt`` = VOC seg val (1,449 ids);
-- ``DONE.json`` written last (archive md5 sums, list sha256 sums, counts): a root without it is
-  unfinished and is rebuilt by the next run.
+The stage's command line; what it computes is documented in :mod:`pipeline.data.download`.
 """
 
 from __future__ import annotations

@@ -2,10 +2,7 @@
 resolution and write per-class IoU and old/new/all mIoU (WILSON's convention) to ``metrics.json``
 (+ ``per_class.csv``), and the predicted masks as VOC-palette PNGs.
 
-Ground truth of classes not seen yet at the evaluated step is mapped to background (MiB's
-masking at test time); void (255) stays ignored. *old* are the base classes of step 0, *new* the
-classes added in steps 1..t, *all* background plus every seen class (WILSON Tables 1-2; MiB for
-multi-step tasks).
+The stage's command line; what it computes is documented in :mod:`pipeline.eval.evaluate`.
 """
 
 from __future__ import annotations

@@ -1,17 +1,6 @@
 """Stage ``make-demo-data``: a generated demo dataset in the VOC layout, easy to learn from scratch.
 
-Each of the 20 object classes is a unique (colour, texture, shape) combination, and any two
-classes differ in at least two of the three cues: every class has its own saturated colour
-(10 hues x 2 brightness levels), and no two classes share both texture and shape. Objects
-(1-3 per image, 25-45 % of the image side) are painted on a cluttered low-saturation background
-(noise, smooth blobs, thin lines), later objects over earlier ones. Masks hold the class index,
-0 for background and a 1-pixel void (255) band on the object side of every boundary, as VOC.
-
-Layout written under the root: ``JPEGImages/<id>.jpg`` (quality 90), ``SegmentationClassAug/
-<id>.png`` (mode P, VOC palette), ``ImageSets/Segmentation/{train_aug,val}.txt``,
-``classes.json``. Ids are ``demo_000000``...; train ids come first, then val ids. Image ``i`` is
-drawn from its own ``numpy.random.Generator`` seeded with ``(seed, i)``, so the output is
-byte-identical for a seed whatever the number of workers.
+The stage's command line; what it computes is documented in :mod:`pipeline.data.synthetic`.
 """
 
 from __future__ import annotations

@@ -1,13 +1,6 @@
 """Stage ``prepare-data``: check every image/mask pair of a dataset and index class presence.
 
-Reads the train and val id lists, checks each pair (:func:`pipeline.data.voc.index_dataset`)
-and writes one JSON::
-
-    {"root": abs root, "mask_dir": abs mask folder, "images": bool,
-     "splits": {"train": [ids], "val": [ids]},
-     "index": {id: {"height": int, "width": int, "classes": [int, ...]}}}
-
-Any bad input raises :class:`pipeline.data.voc.DatasetError` and nothing is written.
+The stage's command line; what it computes is documented in :mod:`pipeline.data.prepare`.
 """
 
 from __future__ import annotations

@@ -1,33 +1,7 @@
 """Stage ``pseudo-labels``: hard pseudo-labels of step t from a trained CAM network (WILSON
 Sec. 4.2: "we generate the hard pseudo-labels offline"), their quality and an example figure.
 
-For every training image of ``step{t}.json``:
-
-1. CAMs at several scales and their horizontal flips (EPS, ISCAM and VWE/IRNet inference: scales
-   {0.5, 1, 1.5, 2} + flip), each resized (bilinear) to the feature grid of scale 1,
-   h × w = ceil(H / output_stride) × ceil(W / output_stride), and averaged (:func:`multiscale_cams`).
-2. Restricted to the image's labelled new classes (unlabelled channels are zeroed):
-   ``cam``/``vwe``: each labelled map divided by its maximum (+1e-5) → [0, 1] (EPS/IRNet
-   ``norm_cam``; :func:`normalise_cams`); ``iscam``: the softmax probabilities of background +
-   labelled classes renormalised to sum to 1 (the authors' ``label_cond``; :func:`condition_on_labels`).
-3. Hard label at image resolution (:func:`pseudo_label`): the scores are resized (bilinear) to
-   H × W and each pixel takes the argmax of [background, labelled classes], where the background
-   score is the constant ``threshold`` (``cam``, ``vwe``) or the conditioned background
-   probability (``iscam``). Values: 0 background or a new class id; no pixel is left
-   unlabelled (255 is never written: no uncertainty band).
-
-Cache (:mod:`pipeline.cache`, one group per image id): ``label`` (H, W) uint8, ``cams`` (K, h, w)
-float16 (the step-2 scores of the K new classes, channel k = ``new_classes[k]``, zero for
-unlabelled classes), for ``iscam`` also ``background`` (h, w) float16; image attribute ``classes``
-(labelled new classes). Provenance: :func:`expected_provenance`. A killed run resumes where it
-stopped (:attr:`pipeline.cache.CacheWriter.done`). Consumers read with :func:`read_pseudo_label`.
-
-Quality (``--quality`` JSON): region mIoU and contour F-score (paper 003, Sec. 4.1) of the labels
-against the ground truth of the step's training images, over background + the step's new classes
-(:class:`pipeline.metrics.quality.MaskQuality`; other classes of the ground truth count as background).
-
-``--params``: ``{"cam": <wsss.<cam>>}``, optionally ``"quality": {"contour_tolerance": t}`` (pixels
-if >= 1, else a fraction of the image diagonal; default 0.008, the DAVIS value of paper 003).
+The stage's command line; what it computes is documented in :mod:`pipeline.wsss.pseudo_labels`.
 """
 
 from __future__ import annotations

@@ -1,25 +1,6 @@
 """Stage ``report``: result tables, per-class IoU charts, learning curves and qualitative figures.
 
-Reads the ``metrics.json`` of evaluated runs (and optionally their ``history.csv``) and writes
-under ``--outdir``, for every (dataset, task, step):
-
-- ``table_{dataset}_{task}_step{t}.md|.csv|.tex``: rows methods, columns old / new / all mIoU %
-  for each protocol (Disjoint then Overlap), as in WILSON (Cermelli et al., CVPR 2022) Tables
-  1-2; mean ± sample std when several seeds;
-- ``per_class_iou_{dataset}_{task}_step{t}.png``: grouped bars per seen class;
-- ``qualitative_{dataset}_{task}_step{t}.png``: image | ground truth | each method's prediction;
-
-plus ``learning_curves_{dataset}_{task}.png`` (one line per run), for every (dataset, task) whose
-runs cover more than one step ``steps_{dataset}_{task}.png`` (mIoU % per step, one panel per
-protocol, one colour per method whose line starts at the shared step-0 "base" run; solid all,
-dashed old, dotted new; seeds averaged; values from :func:`pipeline.report.step_series`), ``summary.md`` (all
-tables, per task the final step first (the papers' table), then the intermediate steps, then
-step 0; links to the figures) and ``index.json`` (every file written, path relative to
-``--outdir``, with a caption). The PNGs go to ``--figures-dir`` when given (the Snakemake rule declares that folder
-as a ``report()`` directory output). Figures are drawn on matplotlib's Agg canvas (no pyplot).
-
-Usage: ``python -m pipeline report --metrics runs/*/metrics.json --histories runs/*/history.csv
---outdir results/report [--figures-dir results/report/figures] [--qualitative 4]``
+The stage's command line; what it computes is documented in :mod:`pipeline.report.build`.
 """
 
 from __future__ import annotations

@@ -1,14 +1,6 @@
 """Stage ``splits``: the training ids and image-level labels of every step of an incremental task.
 
-For one task (e.g. VOC 15-5) and one protocol (disjoint/overlap) this writes
-``<outdir>/step{t}.json`` for every step t (ids kept by MiB's filter, and their image-level labels,
-WILSON Sec. 3.1; ``--relaxed``: labels of every seen class, WILSON Table 5), plus
-``<outdir>/summary.json`` and ``<outdir>/summary.csv`` (images per step and per class).
-
-Class presence comes either from the index written by ``prepare-data`` (``--index``) or is read
-from the label maps (``--labels-root`` + ``--train-list``, e.g. the VOC+SBD ``SegmentationClassAug``
-maps without images). All files are written atomically and together: if anything fails, no file
-of this run is left that looks finished.
+The stage's command line; what it computes is documented in :mod:`pipeline.data.splits`.
 """
 
 from __future__ import annotations
