@@ -54,6 +54,7 @@ from pipeline.data.voc import (
     _open,
     _where,
     load_mask,
+    resolve_folder,
     resolve_mask_dir,
 )
 from pipeline.io import atomic_path
@@ -88,16 +89,7 @@ def resolve_instance_dir(root: str | os.PathLike, instance_dir: str | os.PathLik
     Raises:
         DatasetError: the folder does not exist (names the path).
     """
-    root = Path(root)
-    if instance_dir == "auto":
-        path = next((root / n for n in INSTANCE_DIRS if (root / n).is_dir()), root / INSTANCE_DIRS[1])
-        expected = " or ".join(str(root / n) for n in INSTANCE_DIRS)
-    else:
-        path = root / instance_dir
-        expected = str(path)
-    if not path.is_dir():
-        raise DatasetError(f"{path}: instance folder not found; expected a folder {expected}")
-    return path
+    return resolve_folder(root, instance_dir, INSTANCE_DIRS, "instance")
 
 
 def load_instance_map(path: str | os.PathLike, image_id: str | None = None) -> np.ndarray:

@@ -80,15 +80,25 @@ def resolve_mask_dir(root: str | os.PathLike, mask_dir: str | os.PathLike = "aut
     Raises:
         DatasetError: the folder does not exist (names the path).
     """
+    return resolve_folder(root, mask_dir, MASK_DIRS, "mask")
+
+
+def resolve_folder(root: str | os.PathLike, name: str, candidates: tuple[str, ...], what: str) -> Path:
+    """``root / name``, or with ``name == "auto"`` the first of ``candidates`` that exists (else
+    the second, for the message).
+
+    Raises:
+        DatasetError: the folder does not exist (names the path and ``what`` it holds).
+    """
     root = Path(root)
-    if mask_dir == "auto":
-        path = next((root / name for name in MASK_DIRS if (root / name).is_dir()), root / MASK_DIRS[1])
-        expected = " or ".join(str(root / name) for name in MASK_DIRS)
+    if name == "auto":
+        path = next((root / c for c in candidates if (root / c).is_dir()), root / candidates[1])
+        expected = " or ".join(str(root / c) for c in candidates)
     else:
-        path = root / mask_dir
+        path = root / name
         expected = str(path)
     if not path.is_dir():
-        raise DatasetError(f"{path}: mask folder not found; expected a folder {expected}")
+        raise DatasetError(f"{path}: {what} folder not found; expected a folder {expected}")
     return path
 
 

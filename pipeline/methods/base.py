@@ -124,8 +124,11 @@ class Method(Objective):
         cls, cfg: dict[str, Any], context: StepContext | None, model: nn.Module | None, spec: MethodSpec
     ) -> Method:
         """Build from the method's complete config section (``methods.<name>``, defaults from
-        config.yaml, validated by the schema). Default: every key is a keyword of ``__init__``;
-        ``relaxed`` (experiments.relaxed_labels) is dropped unless ``__init__`` takes it."""
+        config.yaml, validated by the schema). Abstract: every registered method defines it.
+
+        Raises:
+            NotImplementedError: a subclass that does not define it.
+        """
         raise NotImplementedError(f"{cls.__qualname__} defines no from_config()")
 
     def bind(self, spec: MethodSpec) -> Method:
