@@ -88,3 +88,17 @@ def test_add_step_prior_init_keeps_every_old_output():
     torch.testing.assert_close(after[:, 4:].sigmoid(), torch.full((2, 2, 3, 3), 0.01))
     with pytest.raises(ValueError, match="'uniform'"):
         classifier.add_step(1, init="uniform")
+
+
+def test_head_width_is_a_setting_and_survives_save_load(tmp_path):
+    narrow = dict(SMALL, head_channels=32)
+    torch.manual_seed(0)
+    model = build_segmenter(narrow, [4]).eval()
+    assert model(torch.randn(1, 3, 64, 64))["head"].shape == (1, 32, 4, 4)
+    # ASPP: 1x1 (512*32) + three 3x3 (512*32*9) + pooling 1x1 (512*32) convs; projection 5*32*32; 3x3 32*32*9
+    aspp_and_head = sum(p.numel() for n, p in model.head.named_parameters() if p.dim() == 4)
+    assert aspp_and_head == 512 * 32 * (1 + 27 + 1) + 5 * 32 * 32 + 32 * 32 * 9
+    save_model(tmp_path / "model.pt", model, {"model": narrow})
+    loaded, _ = load_model(tmp_path / "model.pt")
+    x = torch.randn(1, 3, 48, 48)
+    torch.testing.assert_close(loaded.eval()(x)["out"], model(x)["out"])

@@ -187,7 +187,8 @@ class Segmenter(nn.Module):
 
     ``forward(x)`` takes (B, 3, H, W) normalised float images and returns a dict:
     ``out`` (B, C, H, W) logits at input resolution, ``features`` (B, F, H/os, W/os) encoder
-    features (what WILSON's localizer and FMWISS' teacher read), ``head`` (B, 256, H/os, W/os).
+    features (what WILSON's localizer and FMWISS' teacher read), ``head`` (B, head_channels, H/os, W/os)
+    (256 in DeepLabV3; ``model.head_channels``).
     """
 
     def __init__(self, backbone: nn.Module, classes_per_step: list[int], output_stride: int, head_channels: int = 256):
@@ -218,11 +219,13 @@ def build_segmenter(model_cfg: dict, classes_per_step: list[int]) -> Segmenter:
     """Build a :class:`Segmenter` from the ``model`` section of the config.
 
     Args:
-        model_cfg: ``{"backbone": str, "output_stride": int, "pretrained": str}``.
+        model_cfg: ``{"backbone": str, "output_stride": int, "pretrained": str}`` and optionally
+            ``head_channels`` (width of the ASPP head, 256 as in DeepLabV3 when absent).
         classes_per_step: output channels of each classifier block, e.g. [16] at step 0 of 15-5.
     """
     backbone = build_backbone(model_cfg["backbone"], model_cfg["output_stride"], model_cfg["pretrained"])
-    return Segmenter(backbone, list(classes_per_step), model_cfg["output_stride"])
+    head_channels = int(model_cfg.get("head_channels", 256))
+    return Segmenter(backbone, list(classes_per_step), model_cfg["output_stride"], head_channels=head_channels)
 
 
 def save_model(path: str | Path, model: Segmenter, meta: dict) -> None:
