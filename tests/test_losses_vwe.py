@@ -269,3 +269,22 @@ def test_word_branch_reaches_the_backbone_only_without_detach(detach):
     assert net.codebook.grad is not None and float(net.codebook.grad.abs().sum()) > 0
     backbone_grad = sum(float(p.grad.abs().sum()) for p in net.backbone.parameters() if p.grad is not None)
     assert (backbone_grad == 0) == detach
+
+
+def test_detach_after_stage_2_on_efficientnet_lite_freezes_up_to_stride_8():
+    """timm's EfficientNet has no ``layer2``: stage 2 is the stride-8 block group (``blocks.2``),
+    found through ``feature_info``; the stem and blocks 0-2 get no gradient, blocks 3-6 do."""
+    torch.manual_seed(0)
+    cfg = dict(NET_CFG, backbone="tf_efficientnet_lite0", output_stride=16, detach_after_stage=2)
+    net = build_cam_model("vwe", cfg, 2)
+    reductions = {entry["module"]: entry["reduction"] for entry in net.backbone.feature_info.info}
+    assert reductions["blocks.2"] == 8
+    out = net(torch.randn(2, 3, 64, 64))
+    labels = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    sum(vwe_loss(out["logits"], labels, out["word_logits"], out["word_labels"], out["w2i_logits"]).values()).backward()
+    learns = {}
+    for name, p in net.backbone.named_parameters():
+        part = ".".join(name.split(".")[:2]) if name.startswith("blocks.") else name.split(".")[0]
+        learns[part] = learns.get(part, False) or (p.grad is not None and bool(p.grad.abs().sum() > 0))
+    assert not learns["conv_stem"] and not any(learns[f"blocks.{i}"] for i in range(3))
+    assert all(learns[f"blocks.{i}"] for i in range(3, 7))

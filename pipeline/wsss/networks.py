@@ -129,21 +129,26 @@ def _detach_output(module: nn.Module, args: tuple, output: Tensor) -> Tensor:
 
 
 def backbone_stage(backbone: nn.Module, stage: int) -> nn.Module:
-    """Residual stage ``stage`` (1-based) of a timm ``features_only`` backbone: ResNet's
-    ``layer{stage}`` (stage 1 = layer1, after the stem), or ``stages_{stage - 1}`` of the
-    backbones that name them so (ConvNeXt, ...).
+    """Stage ``stage`` (1-based, after the stem) of a timm ``features_only`` backbone, found
+    through timm's ``feature_info``: the module whose output is the stage's feature map. ResNet:
+    ``layer{stage}`` (stage 2 = ``layer2``, stride 8); EfficientNet: ``blocks.{stage}`` (stage 2
+    = the stride-8 block group); ConvNeXt-like backbones whose first feature is at stride 4:
+    ``stages.{stage - 1}``.
 
     Raises:
-        ValueError: no such stage (names the backbone's top-level modules).
+        ValueError: no such stage (names the backbone's feature modules).
     """
-    children = dict(backbone.named_children())
-    for name in (f"layer{stage}", f"stages_{stage - 1}"):
-        if name in children:
-            return children[name]
-    raise ValueError(
-        f"vwe: detach_after_stage={stage}: the backbone has no stage {stage} "
-        f"(looked for layer{stage} / stages_{stage - 1} among {list(children)})"
-    )
+    every = backbone.feature_info.info  # all feature maps the model has, not only the out_indices taken
+    names = [entry["module"] for entry in every]
+    # Backbones that report the stem's stride-2 output as feature 0 (ResNet, EfficientNet) number
+    # their stages from index 1; the others (first feature at stride 4) from index 0.
+    stem_first = every[0]["reduction"] == 2
+    index = stage if stem_first else stage - 1
+    if not 0 <= index < len(names) or (stem_first and index == 0):
+        raise ValueError(
+            f"vwe: detach_after_stage={stage}: the backbone has no stage {stage} (its feature modules: {names})"
+        )
+    return backbone.get_submodule(names[index])
 
 
 #: Values of ``wsss.vwe.cams_from``: the image branch alone (authors' code) or Eq. 12's fusion.
