@@ -3,6 +3,8 @@
 import importlib.util
 from pathlib import Path
 
+import pytest
+
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu.py"
 
 
@@ -21,3 +23,20 @@ def test_gpu_benchmark_runs_in_cpu_mode_and_projects_the_matrices(tmp_path):
     )
     for key, hours in result["projection"].items():
         assert hours > 0 and abs(doubled[key] - hours / 2) < 1e-9 * hours
+
+
+LOADER = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_loader.py"
+MINI = Path(__file__).resolve().parents[2] / "shared" / "voc-mini"
+
+
+@pytest.mark.skipif(not MINI.is_dir(), reason=f"{MINI} not found (the real VOC images)")
+def test_loader_benchmark_reads_real_jpegs_and_sizes_the_workers(tmp_path):
+    spec = importlib.util.spec_from_file_location("loader_bench", LOADER)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert bench.workers_needed(150.0, 40.0) == 4 and bench.workers_needed(150.0, 50.0) == 3
+    out = tmp_path / "loader.json"
+    result = bench.main(["--images", "6", "--batch-size", "2", "--crop-size", "128", "--workers", "0", "1",
+                         "--model-images-per-s", "1000", "--out", str(out)])  # fmt: skip
+    assert out.is_file() and result["images_per_s"]["0"] > 0 and result["images_per_s"]["1"] > 0
+    assert result["workers_needed"] == bench.workers_needed(1000.0, result["per_worker_images_per_s"])
