@@ -30,6 +30,8 @@ from typing import Any
 import h5py
 import numpy as np
 
+from pipeline.faultpoint import fault_point
+
 log = logging.getLogger(__name__)
 
 #: Attribute marking an image group as fully written.
@@ -143,7 +145,7 @@ class CacheWriter:
         if image_id in images:  # an incomplete group left by a kill
             del images[image_id]
         group = images.create_group(image_id)
-        for name, array in arrays.items():
+        for n, (name, array) in enumerate(arrays.items()):
             array = np.asarray(array)
             if array.dtype.kind == "f":
                 array = array.astype(self.float_dtype)
@@ -153,11 +155,14 @@ class CacheWriter:
             if array.size and array.ndim:
                 kwargs = {"compression": "gzip", "compression_opts": GZIP_LEVEL, "chunks": array.shape}
             group.create_dataset(name, data=array, **kwargs)
+            if n == 0:  # a kill inside the group: inert unless WILSS_FAULT is set (pipeline/faultpoint.py)
+                fault_point(self.path, "during")
         for key, value in (attrs or {}).items():
             group.attrs[key] = value
         group.attrs[_COMPLETE] = True
         self.handle.flush()
         self.done.add(image_id)
+        fault_point(self.path, "after")
 
     def finish(self, attrs: Mapping[str, Any] | None = None) -> Path:
         """Record root attributes (e.g. summary numbers), close, and rename onto the final path."""
@@ -209,6 +214,25 @@ class CacheReader:
         if missing:
             raise CacheError(
                 f"{self.path}: no {what} for {len(missing)} of the {len(ids)} images of the step, e.g. {missing[0]!r}"
+            )
+
+    def require_attrs(self, expected: Mapping[str, Any], what: str) -> None:
+        """Check the root attributes that say what the cache was made for (task, protocol, step,
+        classes: recorded by :meth:`CacheWriter.finish`, not part of the provenance) against the
+        reader's.
+
+        Args:
+            expected: the keys and values the root attributes must have.
+            what: what the reader needs, for the message (``"the co-segmentation cache of 15-5
+                overlap step 1"``).
+        Raises:
+            CacheError: naming the cache, every differing key with both values, and ``what``.
+        """
+        problems = provenance_mismatch(self.root_attrs(), expected)
+        if problems:
+            raise CacheError(
+                f"{self.path}: not {what}: {'; '.join(problems)}. Pass the cache of this step "
+                "(or re-run the stage that writes it)"
             )
 
     def get(self, image_id: str) -> dict[str, np.ndarray]:

@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.faultpoint import fault_point
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
@@ -32,7 +34,9 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     tmp = path.with_name(f"{path.stem}.tmp-{os.getpid()}{path.suffix}")
     try:
         yield tmp
+        fault_point(path, "during", partial=tmp)  # inert unless WILSS_FAULT is set (pipeline/faultpoint.py)
         os.replace(tmp, path)
+        fault_point(path, "after")
     finally:
         if tmp.exists():
             tmp.unlink()

@@ -367,7 +367,7 @@ def test_memory_bank_stage_extends_with_coseg_masks(demo, tmp_path):
     masks are the ground truth of the labelled new classes."""
     from pipeline.cache import CacheWriter
     from pipeline.data.voc import load_mask
-    from pipeline.foundation.coseg import expected_provenance
+    from pipeline.foundation.coseg import expected_provenance, step_attrs
 
     bank0 = tmp_path / "step0.h5"
     memory_stage(demo, "step0.json", bank0, "--no-progress")
@@ -389,7 +389,7 @@ def test_memory_bank_stage_extends_with_coseg_masks(demo, tmp_path):
                 },
             )
             masks[image_id] = gt
-        writer.finish()
+        writer.finish(step_attrs(split))  # what the coseg stage records: the cache's task, protocol, step
     out = tmp_path / "step1.h5"
     memory_stage(
         demo,

@@ -1,34 +1,9 @@
 """The Snakemake DAG: config validation, the full VOC matrix as a dry run, a tiny real run."""
 
 import csv
-import re
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
-
-REPO = Path(__file__).resolve().parents[1]
-SNAKEMAKE = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile")]
-
-
-def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    proc = subprocess.run([*SNAKEMAKE, "-d", str(workdir), *args], capture_output=True, text=True)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"snakemake {' '.join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-    return proc
-
-
-def job_counts(output: str) -> dict[str, int]:
-    """The 'job count' table Snakemake prints for a (dry) run: {rule: count}."""
-    table = output.split("Job stats:", 1)[1]
-    counts = {}
-    for line in table.splitlines()[3:]:
-        match = re.match(r"^(\w+)\s+(\d+)$", line.strip())
-        if not match or match.group(1) == "total":
-            break
-        counts[match.group(1)] = int(match.group(2))
-    return counts
+from helpers.dag import REPO, TINY, job_counts, snakemake  # shared with the scheduler and kill tests
 
 
 def test_dry_run_lists_full_voc_matrix(tmp_path):
@@ -71,7 +46,7 @@ def test_bad_config_is_rejected_with_the_key(tmp_path, overlay, expected):
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("dag")
-    overlays = ["--configfile", str(REPO / "config/demo.yaml"), str(REPO / "tests/data/tiny.yaml")]
+    overlays = list(TINY)
     snakemake(workdir, "--cores", "2", *overlays)
     return workdir, overlays
 

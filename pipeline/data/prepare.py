@@ -27,8 +27,9 @@ def prepare(
     """Build the prepare-data document (see the module docstring) without writing it.
 
     Raises:
-        DatasetError: a list is missing or has duplicates, an id is in both lists, or any pair
-            is bad.
+        DatasetError: a list is missing (names the list, and the root when it does not exist or
+            holds the list one folder down), empty or has duplicates, an id is in both lists, or
+            any pair is bad.
     """
     root = Path(root).resolve()
     lists = {
@@ -38,10 +39,16 @@ def prepare(
     for name, path in lists.items():
         if not path.is_file():
             raise DatasetError(
-                f"{path}: {name} id list not found. Point dataset.root (and dataset.{name}_list) at a "
-                "VOC-layout folder, or fetch VOC 2012 + SBD with `snakemake --cores 2 download`"
+                f"{path}: {name} id list not found{_root_hint(root, path)}. Point dataset.root (and "
+                f"dataset.{name}_list) at a VOC-layout folder, or fetch VOC 2012 + SBD with "
+                "`snakemake --cores 2 download`"
             )
     splits = {name: read_ids(path) for name, path in lists.items()}
+    for name, path in lists.items():
+        if not splits[name]:
+            raise DatasetError(
+                f"{path}: {name} id list holds no ids; expected one image id per line (dataset.{name}_list)"
+            )
     both = sorted(set(splits["train"]) & set(splits["val"]))
     if both:
         shown = ", ".join(repr(i) for i in both[:5]) + (", ..." if len(both) > 5 else "")
@@ -52,6 +59,22 @@ def prepare(
     masks = resolve_mask_dir(root, mask_dir)
     index = index_dataset(root, splits["train"] + splits["val"], masks, images=images, workers=workers)
     return {"root": str(root), "mask_dir": str(masks), "images": images, "splits": splits, "index": index}
+
+
+def _root_hint(root: Path, missing: Path) -> str:
+    """Why an id list under ``root`` may be missing, for the message: the root does not exist, or
+    the list is under a VOC folder one or two levels down (``root`` set to ``VOCdevkit`` or its
+    parent instead of ``VOCdevkit/VOC2012``); empty when neither."""
+    if not root.is_dir():
+        return f" (dataset.root {root} does not exist)"
+    try:
+        relative = missing.relative_to(root)
+    except ValueError:  # an absolute list elsewhere
+        return ""
+    for nested in (root / "VOC2012", root / "VOCdevkit" / "VOC2012"):
+        if (nested / relative).is_file():
+            return f" (it is under {nested}: set dataset.root: {nested})"
+    return ""
 
 
 def summary(doc: dict) -> str:

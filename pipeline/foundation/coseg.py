@@ -123,6 +123,41 @@ def resolve_config(params: Mapping | None) -> dict:
 # Provenance
 
 
+def step_attrs(split: Mapping) -> dict:
+    """What a coseg cache was computed for, as the ``coseg`` stage records it in the cache's root
+    attributes (:meth:`pipeline.cache.CacheWriter.finish`) and a reader checks it
+    (:meth:`pipeline.cache.CacheReader.require_attrs`): a cache of another task, protocol, step
+    or class set is refused even where its ids cover the split's.
+
+    Args:
+        split: a ``step{t}.json`` of the splits stage (``task``, ``protocol``, ``step``,
+            ``new_classes``).
+    Returns:
+        ``{"task": str, "protocol": str, "step": int, "new_classes": [int, ...]}`` (background
+        left out of the classes).
+    """
+    return {
+        "task": str(split.get("task")),
+        "protocol": str(split.get("protocol")),
+        "step": int(split.get("step", -1)),
+        "new_classes": [int(c) for c in split.get("new_classes", []) if int(c) != 0],
+    }
+
+
+def require_step(reader, split: Mapping) -> None:
+    """Check that an open coseg cache (a :class:`pipeline.cache.CacheReader`) was computed for
+    ``split`` (:func:`step_attrs`).
+
+    Raises:
+        CacheError: naming the cache, the differing task / protocol / step / new classes and the
+            step it was read for.
+    """
+    attrs = step_attrs(split)
+    reader.require_attrs(
+        attrs, f"the co-segmentation cache of {attrs['task']} {attrs['protocol']} step {attrs['step']}"
+    )
+
+
 @functools.lru_cache(maxsize=16)
 def _sha256(path: str, size: int, mtime_ns: int) -> str:
     """:func:`pipeline.io.file_sha256`, memoised on (resolved path, size, mtime)."""
@@ -499,7 +534,9 @@ __all__ = [
     "fuse_masks",
     "label_map",
     "normalize_scores",
+    "require_step",
     "resolve_config",
     "seed_foreground",
+    "step_attrs",
     "upsample",
 ]

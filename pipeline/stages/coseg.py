@@ -11,6 +11,7 @@ from pipeline.cache import open_cache
 from pipeline.foundation.compute import VARIANTS, compute_cache, figure_rows, log, measure_quality, step_inputs
 from pipeline.foundation.coseg import (
     expected_provenance,
+    require_step,
     resolve_config,
 )
 from pipeline.foundation.figure import coseg_figure
@@ -48,7 +49,8 @@ def run(args: argparse.Namespace) -> None:
 
     Raises:
         ValueError: bad ``--params`` or inputs; CacheError: with ``--quality-only``, a missing or
-            stale cache, or one lacking ids of the split.
+            stale cache, one of another task, protocol, step or class set, or one lacking ids of the
+            split.
     """
     setup_logging()
     set_threads(args.threads)
@@ -60,6 +62,7 @@ def run(args: argparse.Namespace) -> None:
     if not (args.quality or args.figure):
         return
     with open_cache(args.out, expected_provenance(cfg)) as cache:
+        require_step(cache, split)
         cache.require(ids, f"co-segmentation (split {args.split})")
         if args.quality:
             quality = measure_quality(cache, ids, index["mask_dir"], new_classes, cfg, args.progress)

@@ -30,9 +30,15 @@ from pipeline.cache import CacheReader, open_cache
 from pipeline.data.classes import BACKGROUND
 from pipeline.data.datasets import step_dataset
 from pipeline.data.voc import IMAGE_DIR, load_image
-from pipeline.foundation.coseg import READ_TIME_KEYS, coseg_label_maps, expected_provenance, resolve_config
+from pipeline.foundation.coseg import (
+    READ_TIME_KEYS,
+    coseg_label_maps,
+    expected_provenance,
+    require_step,
+    resolve_config,
+)
 from pipeline.io import read_json
-from pipeline.methods.fmwiss.memory import build_memory_bank, extend_memory_bank
+from pipeline.methods.fmwiss.memory import MemoryBank, build_memory_bank, extend_memory_bank
 from pipeline.stages.common import parse_params, setup_logging
 
 log = logging.getLogger(__name__)
@@ -145,7 +151,8 @@ def run(args: argparse.Namespace) -> None:
     Raises:
         ValueError: bad ``--params`` (an unknown or missing key names it), a file that is not a
             split, or options that do not match the split's step (names them).
-        CacheError: a missing or stale previous bank or coseg cache.
+        CacheError: a missing or stale previous bank or coseg cache, or one of another task,
+            protocol or step (names the file and the differing keys).
     """
     from tqdm import tqdm
 
@@ -207,7 +214,10 @@ def run(args: argparse.Namespace) -> None:
             params["min_area"],
             params["seed"],
         )
+        previous = {"task": split.get("task"), "protocol": split.get("protocol"), "step": step - 1}
+        MemoryBank(args.previous, expected=previous).close()  # the bank of step t-1 of this task and protocol
         with open_cache(args.coseg, expected_provenance(cfg)) as reader:
+            require_step(reader, split)
             provenance.update(
                 {
                     "source": "coseg",
