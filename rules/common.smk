@@ -54,7 +54,7 @@ shell.prefix(wf.shell_prefix(workflow.basedir))
 
 wildcard_constraints:
     dataset=r"[A-Za-z0-9_.\-]+",
-    task=r"\d+(-\d+)+",
+    task=r"\d+(-\d+)+|coco-voc",  # VOC's tasks; COCO-to-VOC (rules/coco.smk)
     protocol="disjoint|overlap",
     seed=r"\d+",
     step=r"\d+",
@@ -159,3 +159,21 @@ def previous_bank(wildcards):
 def step_params(wildcards):
     """--params of train_step: the loop settings and the method's section (+ relaxed labels)."""
     return wf.step_params(config, wildcards.method)
+
+
+# The papers' remaining experiments (WILSON Table 5, FMWISS Tables 9-10): a method's split and
+# the report's settings of every method.
+def method_split(wildcards):
+    """The split a method trains on: the experiment's, or its split variant (relaxed labels, data fraction)."""
+    return wf.method_split(config, wildcards)
+
+
+def report_settings():
+    """--settings of the report (JSON): every method's base, changes and data/supervision settings."""
+    return wf.report_settings(config)
+
+
+# COCO-to-VOC (rules/coco.smk): every run's evaluation on the second set (VOC val) for the report.
+def second_eval_metrics():
+    """metrics.json of every run on VOC val (COCO-to-VOC only; empty otherwise)."""
+    return wf.second_eval_metrics(config)

@@ -35,6 +35,7 @@ rule report:
         histories=[h for _, h in evaluated_runs()],
         quality=quality_files(),
         examples=quality_figures(),
+        second=second_eval_metrics(),  # COCO-to-VOC: VOC val (WILSON/FMWISS Table 3)
     output:
         summary=report(REPORT_SUMMARY, caption="../report/summary.rst", category="Tables"),
         figures=report(
@@ -42,6 +43,12 @@ rule report:
             patterns=["{name}.png"],
             caption="../report/figures.rst",
             category="Figures",
+        ),
+        # issue 18: the background-shift table of every method (the confusion figures are in figures/)
+        shift=report(
+            os.path.join(os.path.dirname(REPORT_SUMMARY), "background_shift.csv"),
+            caption="../report/background_shift.rst",
+            category="Tables",
         ),
     log:
         "logs/report/report.log",
@@ -55,8 +62,9 @@ rule report:
         outdir=lambda wc, output: os.path.dirname(output.summary),
         qualitative=config["report"]["qualitative_images"],
         variants=report_variants(),
+        settings=report_settings(),
     shell:
         "{params.python} -m pipeline report --metrics {input.metrics:q} --histories {input.histories:q}"
         " --outdir {params.outdir:q} --figures-dir {output.figures:q} --qualitative {params.qualitative}"
         " --variants {params.variants:q} --quality {input.quality:q} --examples {input.examples:q}"
-        " > {log} 2>&1"
+        " --settings {params.settings:q} --second-eval {input.second:q} > {log} 2>&1"

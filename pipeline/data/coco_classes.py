@@ -145,6 +145,32 @@ def coco_to_voc_lut() -> np.ndarray:
     return lut
 
 
+def coco_to_paper_lut() -> np.ndarray:
+    """Lookup table COCO-id label map -> label map in the paper's numbering 1..80
+    (:data:`PAPER_ORDER`; task table ``coco80``): ``paper_mask = lut[coco_mask]``.
+
+    Returns:
+        (256,) uint8 array: 0 -> 0, COCO id ``PAPER_ORDER[i - 1]`` -> i (1..60 the non-VOC
+        classes, 61..80 the VOC classes), 255 and every id not in use -> 255 (ignored).
+    """
+    lut = np.full(256, VOID, dtype=np.uint8)
+    lut[BACKGROUND] = BACKGROUND
+    for i, coco in enumerate(PAPER_ORDER, start=1):
+        lut[coco] = i
+    return lut
+
+
+def voc_to_paper_lut() -> np.ndarray:
+    """Lookup table VOC label map -> label map in the paper's numbering (61..80 for the VOC
+    classes): :func:`coco_to_paper_lut` after :func:`voc_to_coco_lut`.
+
+    Returns:
+        (256,) uint8 array: 0 -> 0, VOC class k -> ``paper_index(VOC_TO_COCO[k])``, 255 and any
+        other value -> 255.
+    """
+    return coco_to_paper_lut()[voc_to_coco_lut()]
+
+
 def voc_index_as_coco(index: Mapping[str, object]) -> dict[str, dict]:
     """A VOC class-presence index (prepare-data ``index`` or ``{id: [classes]}``) in COCO ids.
 
@@ -201,9 +227,11 @@ __all__ = [
     "VOC_COCO_IDS",
     "VOC_TO_COCO",
     "coco_class_name",
+    "coco_to_paper_lut",
     "coco_to_voc_lut",
     "paper_index",
     "voc_index_as_coco",
     "voc_name_of_coco",
     "voc_to_coco_lut",
+    "voc_to_paper_lut",
 ]

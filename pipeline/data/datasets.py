@@ -26,9 +26,23 @@ def step_dataset(data_index: str | Path, ids: list[str], transform) -> VOCSegmen
     return VOCSegmentation(index["root"], ids, mask_dir=index["mask_dir"], transform=transform)
 
 
-def val_ids(data_index: str | Path) -> list[str]:
-    """The validation ids listed in a prepare-data index."""
-    return list(read_json(data_index)["splits"]["val"])
+def val_ids(data_index: str | Path, split: str = "val") -> list[str]:
+    """The validation ids listed in a prepare-data index (``split``: ``val``, or a second
+    evaluation set such as COCO-to-VOC's ``val_voc``).
+
+    Raises:
+        ValueError: the index has no such split (names the file and the splits it has).
+    """
+    splits = read_json(data_index)["splits"]
+    if split not in splits:
+        raise ValueError(f"{data_index}: no split {split!r}; splits present: {sorted(splits)}")
+    return list(splits[split])
+
+
+def index_table(data_index: str | Path) -> str:
+    """The task table a prepare-data index's labels are numbered for: its ``task_table`` key
+    (``coco80`` for COCO-to-VOC, :mod:`pipeline.data.coco_voc`), else ``voc``."""
+    return str(read_json(data_index).get("task_table", "voc"))
 
 
 #: Image-level supervision: every mask value (classes and void) becomes background, so only the
@@ -92,7 +106,7 @@ def pixel_dataset(
     Args:
         train: the loop's section (``crop_size``, ``scale_range``).
     """
-    lut = pixel_target_lut(task, step, learned)
+    lut = pixel_target_lut(task, step, learned, index_table(data_index))
     dataset = step_dataset(data_index, ids, TrainTransform(train["crop_size"], tuple(train["scale_range"]), lut))
     return NamedTargets(dataset, "gt")
 

@@ -159,8 +159,8 @@ def load_index(path: str | os.PathLike, split: str = "train") -> dict[str, dict]
     Returns:
         ``{id: entry}`` in the order of the split's id list.
     Raises:
-        ValueError: invalid JSON, missing keys, or ids of the split missing from the index
-            (names the file and the ids).
+        ValueError: invalid JSON, missing keys, a split without ids, or ids of the split missing
+            from the index (names the file and the ids).
     """
     data = read_json(path)
     if (
@@ -172,6 +172,11 @@ def load_index(path: str | os.PathLike, split: str = "train") -> dict[str, dict]
     if split not in data["splits"]:
         raise ValueError(f"{path}: no split {split!r}; splits present: {sorted(data['splits'])}")
     ids = data["splits"][split]
+    if not ids:
+        raise ValueError(
+            f"{path}: split {split!r} lists no ids; expected the ids of a non-empty {split} list "
+            "(re-run prepare-data on the dataset's lists)"
+        )
     missing = [i for i in ids if i not in data["index"]]
     if missing:
         raise ValueError(f"{path}: {len(missing)} ids of split {split!r} have no index entry, e.g. {missing[:5]}")

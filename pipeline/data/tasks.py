@@ -13,7 +13,9 @@ present) and Sec. 3.2 / Table 5 ("relaxed": every seen class present).
 Class indices follow :mod:`pipeline.data.classes`: 0 background, 1..20 VOC objects, 255 void.
 COCO-to-VOC (WILSON Sec. 4.1, Table 3; table ``"coco"``, task ``"coco-voc"``) uses COCO category
 ids (:mod:`pipeline.data.coco_classes`): 0 background, the 80 ids in use (1..90, the 11 unused
-ids are not classes), 255 void; its step 1 reads VOC masks relabelled to COCO ids.
+ids are not classes), 255 void; its step 1 reads VOC masks relabelled to COCO ids. The DAG trains
+it in table ``"coco80"``: the same task in the paper's numbering 1..80 (class i = channel i,
+:mod:`pipeline.data.coco_voc`); :func:`class_name_in` names the classes of every table.
 """
 
 from __future__ import annotations
@@ -23,20 +25,21 @@ from collections.abc import Iterable, Mapping
 
 import numpy as np
 
-from pipeline.data.classes import BACKGROUND, NUM_OBJECT_CLASSES, VOID
-from pipeline.data.coco_classes import COCO_IDS, COCO_MAX_ID
+from pipeline.data.classes import BACKGROUND, NUM_OBJECT_CLASSES, VOC_CLASSES, VOID
+from pipeline.data.coco_classes import COCO_IDS, COCO_MAX_ID, COCO_NON_VOC_IDS, PAPER_ORDER, coco_class_name
 
 PROTOCOLS: tuple[str, ...] = ("disjoint", "overlap")
 
 # Highest object class id (background excluded) of each task table: for VOC the number of object
 # classes (ids 1..20); for COCO the highest COCO category id in use (90), of which 80 are classes
 # (CLASS_IDS). Every table's ids fit the (256,) uint8 lookup tables below, 255 being void.
-NUM_CLASSES: dict[str, int] = {"voc": NUM_OBJECT_CLASSES, "coco": COCO_MAX_ID}
+NUM_CLASSES: dict[str, int] = {"voc": NUM_OBJECT_CLASSES, "coco": COCO_MAX_ID, "coco80": len(PAPER_ORDER)}
 
 # The object class ids of each task table (background 0 and void 255 excluded), ascending.
 CLASS_IDS: dict[str, tuple[int, ...]] = {
     "voc": tuple(range(1, NUM_OBJECT_CLASSES + 1)),
     "coco": COCO_IDS,
+    "coco80": tuple(range(1, len(PAPER_ORDER) + 1)),
 }
 
 
@@ -66,6 +69,11 @@ TASKS: dict[str, dict[str, list[list[int]]]] = {
         "2-2": [[0, 1, 2], [3, 4], [5, 6], [7, 8], [9, 10], [11, 12], [13, 14], [15, 16], [17, 18], [19, 20]],
     },
     "coco": {"coco-voc": [list(_COCO_VOC_STEP0), list(_COCO_VOC_STEP1)]},
+    # COCO-to-VOC as the DAG trains it (table "coco80"): the same two steps in the paper's class
+    # numbering 1..80 (coco_classes.PAPER_ORDER: class i is COCO id PAPER_ORDER[i - 1]), so that
+    # class i is the model's channel i, as for VOC; the authors' channel order (their task table's
+    # order) is exactly this one. pipeline.data.coco_voc writes label maps in this numbering.
+    "coco80": {"coco-voc": [_range(0, len(COCO_NON_VOC_IDS)), _range(len(COCO_NON_VOC_IDS) + 1, len(PAPER_ORDER))]},
 }
 
 _TASK_NAME = re.compile(r"^[0-9]+(-[0-9]+)+$")
@@ -133,8 +141,8 @@ def task_steps(task: str, dataset: str = "voc") -> list[list[int]]:
 
     Args:
         task: a task of ``TASKS[dataset]``: "15-5", "15-1", "10-10", "10-5-5", "10-2", "19-1", "2-2"
-            (``"voc"``); "coco-voc" (``"coco"``, classes in COCO ids).
-        dataset: key of the task table ("voc" or "coco").
+            (``"voc"``); "coco-voc" (``"coco"``, classes in COCO ids; ``"coco80"``, the paper's 1..80).
+        dataset: key of the task table ("voc", "coco" or "coco80").
     Returns:
         list (one entry per step) of sorted class-index lists; step 0 includes background 0.
         A fresh copy: mutating it does not change the table.
@@ -301,6 +309,26 @@ def image_labels(
     wanted = seen_classes(task, step, dataset) if relaxed else new_classes(task, step, dataset)
     wanted = set(wanted) - {BACKGROUND}
     return sorted(wanted & {int(c) for c in classes_present})
+
+
+def class_name_in(table: str, c: int) -> str:
+    """Name of class ``c`` of task table ``table``: VOC's names for ``voc`` (the index itself
+    beyond 20), COCO's for ``coco`` (COCO ids) and ``coco80`` (the paper's 1..80 numbering:
+    COCO id ``PAPER_ORDER[c - 1]``); ``"background"`` for 0 and ``"void"`` for 255.
+
+    Raises:
+        ValueError: an unknown table.
+    """
+    c = int(c)
+    if table not in TASKS:
+        raise ValueError(f"task table {table!r}: expected one of {sorted(TASKS)}")
+    if c == VOID:
+        return "void"
+    if table == "voc":
+        return VOC_CLASSES[c] if 0 <= c < len(VOC_CLASSES) else str(c)
+    if table == "coco80":
+        return coco_class_name(PAPER_ORDER[c - 1]) if 1 <= c <= len(PAPER_ORDER) else coco_class_name(c)
+    return coco_class_name(c)
 
 
 def _valid_ids_text(dataset: str) -> str:

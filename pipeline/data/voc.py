@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import multiprocessing
 import os
 from collections.abc import Callable, Iterator
@@ -24,6 +25,10 @@ from pipeline.data.classes import NUM_OBJECT_CLASSES, VOID
 
 IMAGE_DIR = "JPEGImages"
 MASK_DIRS = ("SegmentationClassAug", "SegmentationClass")
+#: A mask folder's label space: ``{"num_classes": N, "task_table": ...}`` in this file beside the
+#: masks (the COCO-to-VOC assembly, :mod:`pipeline.data.coco_voc`, writes 80 classes); read by
+#: :func:`folder_num_classes`. A folder without it holds VOC's 20 classes.
+LABEL_SPACE_FILE = "label_space.json"
 
 
 class DatasetError(ValueError):
@@ -191,14 +196,35 @@ def check_mask_values(
     return counts
 
 
-def load_mask(
-    path: str | os.PathLike, num_classes: int = NUM_OBJECT_CLASSES, image_id: str | None = None
-) -> np.ndarray:
+@functools.lru_cache(maxsize=256)
+def folder_num_classes(folder: str | os.PathLike) -> int:
+    """Number of object classes of the masks in ``folder``: ``num_classes`` of its
+    :data:`LABEL_SPACE_FILE` when it has one, else VOC's 20 (cached per folder and process).
+
+    Raises:
+        DatasetError: the file is not JSON or its ``num_classes`` is not an integer in 1..254
+            (names the file).
+    """
+    marker = Path(folder) / LABEL_SPACE_FILE
+    if not marker.is_file():
+        return NUM_OBJECT_CLASSES
+    try:
+        value = json.loads(marker.read_text(encoding="utf-8")).get("num_classes")
+    except (OSError, ValueError, AttributeError) as err:
+        raise DatasetError(f'{marker}: cannot read the label space ({err}); expected {{"num_classes": N}}') from err
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value < VOID:
+        raise DatasetError(f"{marker}: num_classes {value!r}; expected an integer in 1..{VOID - 1}")
+    return value
+
+
+def load_mask(path: str | os.PathLike, num_classes: int | None = None, image_id: str | None = None) -> np.ndarray:
     """Load a label map (PNG mode ``P``: the palette indices, not the colours; or mode ``L``; PIL).
 
     Args:
         path: mask file.
         num_classes: number of object classes; allowed values are 0..num_classes and 255.
+            None (default): the folder's (:func:`folder_num_classes`: 20, or what its
+            ``label_space.json`` says, e.g. 80 for the COCO-to-VOC label maps).
         image_id: named in error messages (optional).
     Returns:
         (H, W) uint8 array (writable) of class indices.
@@ -207,6 +233,8 @@ def load_mask(
             value outside 0..num_classes ∪ {255} (names the offending values).
     """
     path = Path(path)
+    if num_classes is None:
+        num_classes = folder_num_classes(str(path.parent))
     with _open(path, image_id, "mask") as image:
         if image.mode not in ("P", "L"):
             raise DatasetError(

@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from pipeline.data.classes import voc_palette
-from pipeline.data.datasets import step_dataset, val_ids
+from pipeline.data.datasets import index_table, step_dataset, val_ids
 from pipeline.data.tasks import eval_target_lut, seen_classes, task_steps
 from pipeline.data.transforms import EvalTransform, pad_collate
 from pipeline.io import atomic_path
@@ -31,12 +31,13 @@ from pipeline.metrics.miou import ConfusionMatrix, summarize
 log = logging.getLogger("pipeline.eval.evaluate")
 
 
-def report_classes(task: str, step: int) -> tuple[list[int], list[int], list[int]]:
-    """(seen, old, new) classes for the tables: old = base object classes, new = classes of steps 1..step."""
-    steps = task_steps(task)
+def report_classes(task: str, step: int, table: str = "voc") -> tuple[list[int], list[int], list[int]]:
+    """(seen, old, new) classes for the tables: old = base object classes, new = classes of steps 1..step
+    (``table``: the task table, :mod:`pipeline.data.tasks`)."""
+    steps = task_steps(task, table)
     old = [c for c in steps[0] if c != 0]
     new = [c for s in steps[1 : step + 1] for c in s]
-    return seen_classes(task, step), old, new
+    return seen_classes(task, step, table), old, new
 
 
 @torch.no_grad()
@@ -83,12 +84,21 @@ def evaluate_model(
 
 
 def make_validator(data_index: str | Path, task: str, step: int, device: torch.device, batch_size: int = 1):
-    """A callback ``model -> {"val_miou": float}`` for the training loop's learning curves."""
-    dataset = step_dataset(data_index, val_ids(data_index), EvalTransform(eval_target_lut(task, step)))
-    seen, old, new = report_classes(task, step)
+    """A callback ``model -> {"val_miou": float, "val_miou_old": float | None, "val_miou_new":
+    float | None}`` (all / old / new mIoU) for the training loop's learning curves; its attribute
+    ``dataset`` holds the val samples (the loop's TensorBoard images, :mod:`pipeline.train.tensorboard`)."""
+    table = index_table(data_index)  # the labels' task table (COCO-to-VOC: coco80)
+    dataset = step_dataset(data_index, val_ids(data_index), EvalTransform(eval_target_lut(task, step, table)))
+    seen, old, new = report_classes(task, step, table)
 
     def validate(model: nn.Module) -> dict:
         conf = evaluate_model(model, dataset, len(seen), device, batch_size, progress=False)
-        return {"val_miou": summarize(conf, seen, old, new)["miou_all"]}
+        summary = summarize(conf, seen, old, new)
+        return {
+            "val_miou": summary["miou_all"],
+            "val_miou_old": summary["miou_old"],
+            "val_miou_new": summary["miou_new"],
+        }
 
+    validate.dataset = dataset
     return validate

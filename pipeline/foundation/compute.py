@@ -54,6 +54,7 @@ from pipeline.foundation.coseg import (
     coseg_maps,
     expected_provenance,
     seed_foreground,
+    step_attrs,
 )
 from pipeline.foundation.maskclip import clip_mean_std, dense_clip_scores, load_clip, text_embeddings
 from pipeline.metrics.quality import MaskQuality
@@ -151,18 +152,20 @@ class CosegModels:
         cfg: resolved ``coseg`` section (``source: clip``).
         classes: the classes whose text embeddings are prepared (a step's new classes).
         device: where to run; AMP float16 on CUDA.
+        table: the task table of ``classes`` (the split's; ``coco80``: COCO-to-VOC, whose new
+            classes 61..80 are VOC's, :func:`pipeline.foundation.maskclip.voc_indices`).
     Torch is seeded with ``cfg["seed"]`` before the models are built, so ``pretrained: none``
     (random init) gives the same models in every run (a resumed run continues with the same ones).
     """
 
-    def __init__(self, cfg: Mapping, classes: Sequence[int], device: torch.device):
+    def __init__(self, cfg: Mapping, classes: Sequence[int], device: torch.device, table: str = "voc"):
         self.cfg, self.device, self.classes = cfg, device, list(classes)
         torch.manual_seed(cfg["seed"])
         clip = cfg["clip"]
         self.clip, tokenizer = load_clip(clip["model"], clip["pretrained"], device, quick_gelu=clip["quick_gelu"])
         ssl = cfg["ssl"]
         self.ssl = load_ssl(ssl["model"], ssl["pretrained"], ssl["checkpoint"], device)
-        self.text = text_embeddings(self.clip, tokenizer, self.classes, cfg["clip"]["templates"], device)
+        self.text = text_embeddings(self.clip, tokenizer, self.classes, cfg["clip"]["templates"], device, table)
         self.clip_norm = [torch.tensor(v, device=device).view(1, 3, 1, 1) for v in clip_mean_std(self.clip)]
         self.ssl_norm = [
             torch.tensor(v, device=device).view(1, 3, 1, 1) for v in ssl_mean_std(self.ssl, ssl["pretrained"])
@@ -299,7 +302,7 @@ def compute_cache(
                     )
                     bar.update()
             elif todo:
-                models = CosegModels(cfg, new_classes, device)
+                models = CosegModels(cfg, new_classes, device, split.get("task_table", "voc"))
                 sizes = {i: (int(index["index"][i]["height"]), int(index["index"][i]["width"])) for i in todo}
                 shapes = {i: models.input_shape(*sizes[i]) for i in todo}
                 batches = bucket_batches(todo, shapes, cfg["batch_size"])
@@ -319,15 +322,7 @@ def compute_cache(
                             image_id, arrays, {"size": list(sizes[image_id]), "input_shape": list(shapes[image_id])}
                         )
                     bar.update(len(batch["id"]))
-        path = writer.finish(
-            {
-                "task": str(split.get("task")),
-                "protocol": str(split.get("protocol")),
-                "step": int(split.get("step", -1)),
-                "n_images": len(ids),
-                "new_classes": list(new_classes),
-            }
-        )
+        path = writer.finish({**step_attrs(split), "n_images": len(ids)})
     log.info("wrote %s", path)
     return path
 

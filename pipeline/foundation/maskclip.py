@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pipeline.data.classes import VOC_CLASSES
+from pipeline.data.coco_classes import COCO_TO_VOC, PAPER_ORDER
 
 log = logging.getLogger(__name__)
 
@@ -341,9 +342,29 @@ def maskclip_features(visual: nn.Module, images: Tensor) -> Tensor:
     return F.normalize(x.float(), dim=-1).reshape(batch, grid[0], grid[1], -1)
 
 
+def voc_indices(classes: Sequence[int], table: str = "voc") -> list[int]:
+    """The VOC class indices (keys of :data:`CLIP_CLASS_NAMES`) of ``classes`` of task table
+    ``table``: unchanged for ``voc``; for ``coco80`` (COCO-to-VOC, the paper's numbering) class
+    61..80 -> its VOC index (:mod:`pipeline.data.coco_classes`), any other class -> 0 (no name).
+
+    Raises:
+        ValueError: another table.
+    """
+    if table == "voc":
+        return [int(c) for c in classes]
+    if table != "coco80":
+        raise ValueError(f"task table {table!r}: CLIP class names exist for voc and coco80 (its VOC classes)")
+    return [COCO_TO_VOC.get(PAPER_ORDER[int(c) - 1], 0) if 1 <= int(c) <= len(PAPER_ORDER) else 0 for c in classes]
+
+
 @torch.no_grad()
 def text_embeddings(
-    model: nn.Module, tokenizer, classes: Sequence[int], templates: str = "openai", device: torch.device | str = "cpu"
+    model: nn.Module,
+    tokenizer,
+    classes: Sequence[int],
+    templates: str = "openai",
+    device: torch.device | str = "cpu",
+    table: str = "voc",
 ) -> Tensor:
     """Prompt-ensembled text embeddings ``T = |f_T(prompt(C_t))|_2`` (FMWISS Eq. 2).
 
@@ -353,9 +374,10 @@ def text_embeddings(
 
     Args:
         model: open_clip model; tokenizer: its tokenizer.
-        classes: K VOC class indices (1..20).
+        classes: K VOC class indices (1..20), or classes of ``table`` (:func:`voc_indices`).
         templates: template set name (:func:`prompt_templates`).
         device: where to compute.
+        table: the task table of ``classes`` (``voc``; ``coco80``: COCO-to-VOC's VOC classes 61..80).
     Returns:
         (K, d) float32, unit L2 norm per row.
     Raises:
@@ -363,12 +385,16 @@ def text_embeddings(
     """
     from open_clip import build_zero_shot_classifier
 
-    unknown = [c for c in classes if c not in CLIP_CLASS_NAMES or c == 0]
+    voc = voc_indices(classes, table)
+    unknown = [c for c, v in zip(classes, voc) if v not in CLIP_CLASS_NAMES or v == 0]
     if unknown:
-        raise ValueError(f"text_embeddings: no CLIP class name for class index {unknown[0]}; expected 1..20")
+        raise ValueError(
+            f"text_embeddings: no CLIP class name for class index {unknown[0]} (table {table}); expected "
+            "1..20 (voc) or 61..80 (coco80)"
+        )
     if not classes:
         return torch.zeros((0, model.visual.output_dim), device=device)
-    names = [CLIP_CLASS_NAMES[c] for c in classes]
+    names = [CLIP_CLASS_NAMES[v] for v in voc]
     weights = build_zero_shot_classifier(
         model, tokenizer, names, prompt_templates(templates), num_classes_per_batch=10, device=device
     )
@@ -416,4 +442,5 @@ __all__ = [
     "prompt_templates",
     "resolve_quick_gelu",
     "text_embeddings",
+    "voc_indices",
 ]

@@ -52,8 +52,9 @@ class StepContext:
     num_classes: int
 
     @classmethod
-    def build(cls, task: str, step: int, old_model: nn.Module) -> StepContext:
-        """Freeze ``old_model`` and derive the class sets of ``task`` at ``step``.
+    def build(cls, task: str, step: int, old_model: nn.Module, table: str = "voc") -> StepContext:
+        """Freeze ``old_model`` and derive the class sets of ``task`` at ``step`` (``table``: the
+        split's task table, :mod:`pipeline.data.tasks`).
 
         Raises:
             ValueError: ``step`` < 1.
@@ -63,8 +64,15 @@ class StepContext:
         old_model.eval()
         for parameter in old_model.parameters():
             parameter.requires_grad_(False)
-        num_old_channels = len(seen_classes(task, step - 1))
-        return cls(task, step, old_model, num_old_channels, new_classes(task, step), len(seen_classes(task, step)))
+        num_old_channels = len(seen_classes(task, step - 1, table))
+        return cls(
+            task,
+            step,
+            old_model,
+            num_old_channels,
+            new_classes(task, step, table),
+            len(seen_classes(task, step, table)),
+        )
 
 
 @dataclass

@@ -73,6 +73,24 @@ def _backbone_state_dict(path: Path) -> dict[str, Tensor]:
     return out
 
 
+def _check_covers(backbone: nn.Module, state: dict[str, Tensor], pretrained: str, name: str) -> None:
+    """Refuse a local checkpoint that leaves tensors of the backbone unloaded (issue 15: timm's
+    ``features_only`` loading is not strict, so the authors' WRN-38 file loaded into another network
+    only warned and trained from random init).
+
+    Raises:
+        ValueError: names the file, the model, how many tensors the file lacks and a few of them.
+    """
+    wanted = [k for k in backbone.state_dict() if not k.endswith("num_batches_tracked")]
+    missing = [k for k in wanted if k not in state]
+    if missing:
+        raise ValueError(
+            f"{pretrained}: model.pretrained checkpoint does not fit timm's {name}: {len(missing)} of its "
+            f"{len(wanted)} tensors are not in the file (e.g. {', '.join(missing[:3])}); expected a state "
+            "dict of this backbone"
+        )
+
+
 def build_backbone(name: str, output_stride: int = 16, pretrained: str = "none") -> nn.Module:
     """A timm encoder returning its last feature map.
 
@@ -102,9 +120,9 @@ def build_backbone(name: str, output_stride: int = 16, pretrained: str = "none")
         kwargs["pretrained"] = True
     else:
         path = Path(pretrained)
-        if not path.is_file():
+        if not path.exists():
             raise FileNotFoundError(f"model.pretrained={pretrained!r}: no such checkpoint file")
-        if path.suffix == ".safetensors":  # a format without pickles: timm reads it
+        if path.suffix == ".safetensors" and path.is_file():  # a format without pickles: timm reads it
             overlay: dict[str, Any] = {"file": str(path)}
         else:
             overlay = {"state_dict": _backbone_state_dict(path)}
@@ -117,6 +135,9 @@ def build_backbone(name: str, output_stride: int = 16, pretrained: str = "none")
         if "state_dict" in str(err) and kwargs.get("pretrained_cfg_overlay"):
             raise ValueError(f"{pretrained}: model.pretrained checkpoint does not fit timm's {name} ({err})") from err
         raise
+    state = kwargs.get("pretrained_cfg_overlay", {}).get("state_dict")
+    if state is not None:  # timm loads features_only models non-strictly: a file of another network loads nothing
+        _check_covers(backbone, state, pretrained, name)
     if lite is not None:  # EfficientNet-Lite weights; the pipeline feeds ImageNet-normalised images
         load_efficientnet_lite(backbone, *lite, input_mean=IMAGENET_MEAN, input_std=IMAGENET_STD)
     cfg = getattr(backbone, "pretrained_cfg", None)

@@ -20,10 +20,10 @@ from pipeline.io import read_json
 from pipeline.report.runs import format_cell, method_label, method_sort_key, protocol_sort_key
 
 _COSEG = re.compile(
-    r"(?P<dataset>[^/]+)/(?P<task>\d+(?:-\d+)+)-(?P<protocol>[a-z]+)/step(?P<step>\d+)/coseg/quality/(?P<method>[a-z0-9_]+)\.json$"
+    r"(?P<dataset>[^/]+)/(?P<task>\d+(?:-\d+)+|coco-voc)-(?P<protocol>[a-z]+)/step(?P<step>\d+)/coseg/quality/(?P<method>[a-z0-9_]+)\.json$"
 )
 _PSEUDO = re.compile(
-    r"(?P<dataset>[^/]+)/(?P<task>\d+(?:-\d+)+)-(?P<protocol>[a-z]+)/seed(?P<seed>\d+)/step(?P<step>\d+)/pseudo/(?P<method>[a-z0-9_]+)_quality\.json$"
+    r"(?P<dataset>[^/]+)/(?P<task>\d+(?:-\d+)+|coco-voc)-(?P<protocol>[a-z]+)/seed(?P<seed>\d+)/step(?P<step>\d+)/pseudo/(?P<method>[a-z0-9_]+)_quality\.json$"
 )
 #: Order and labels of the mask variants in a row group.
 VARIANTS = {

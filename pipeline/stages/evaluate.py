@@ -12,9 +12,8 @@ import csv
 import io
 from pathlib import Path
 
-from pipeline.data.classes import VOC_CLASSES
 from pipeline.data.datasets import step_dataset, val_ids
-from pipeline.data.tasks import eval_target_lut, task_steps
+from pipeline.data.tasks import class_name_in, eval_target_lut, task_steps
 from pipeline.data.transforms import EvalTransform
 from pipeline.eval.evaluate import evaluate_model, log, report_classes
 from pipeline.io import read_json, write_json, write_text
@@ -30,6 +29,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--split", required=True, help="step{t}.json of the evaluated step (dataset, task, protocol)")
     parser.add_argument("--out", required=True, help="metrics.json to write (per_class.csv beside it)")
     parser.add_argument("--pred-dir", required=True, help="folder for the predicted VOC-palette PNGs")
+    parser.add_argument(
+        "--val-split",
+        default="val",
+        help="split of the index to evaluate on (default val; COCO-to-VOC's VOC evaluation: val_voc)",
+    )
     parser.add_argument("--batch-size", type=int, default=1)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int, default=0)
@@ -47,18 +51,19 @@ def run(args: argparse.Namespace) -> None:
             f"{args.model} is a model of task {meta.get('task')} step {meta.get('step')}, "
             f"but {args.split} is task {task} step {step}"
         )
-    seen, old, new = report_classes(task, step)
+    table = split.get("task_table", "voc")
+    seen, old, new = report_classes(task, step, table)
     if model.num_classes != len(seen):
         raise ValueError(
             f"{args.model}: {model.num_classes} outputs, expected {len(seen)} seen classes of {task} step {step}"
         )
-    ids = val_ids(args.data)
-    dataset = step_dataset(args.data, ids, EvalTransform(eval_target_lut(task, step)))
+    ids = val_ids(args.data, args.val_split)
+    dataset = step_dataset(args.data, ids, EvalTransform(eval_target_lut(task, step, table)))
     log.info("evaluating %s on %d val images (%s step %d, %d classes)", args.model, len(ids), task, step, len(seen))
     pred_dir = Path(args.pred_dir)
     conf = evaluate_model(model, dataset, len(seen), device, args.batch_size, pred_dir)
 
-    names = [VOC_CLASSES[c] for c in seen]
+    names = [class_name_in(table, c) for c in seen]
     summary = summarize(conf, seen, old, new, class_names=names)
     index = read_json(args.data)
     metrics = {
@@ -66,7 +71,9 @@ def run(args: argparse.Namespace) -> None:
         "task": task,
         "protocol": split["protocol"],
         "step": step,
-        "num_steps": len(task_steps(task)),
+        "num_steps": len(task_steps(task, table)),
+        "task_table": table,
+        "val_split": args.val_split,
         "method": meta.get("method"),
         "seed": meta.get("seed", 0),
         "seen_classes": seen,

@@ -54,7 +54,7 @@ def run(args: argparse.Namespace) -> None:
     )
 
     seed_everything(args.seed)
-    classes_per_step = [len(task_steps(task)[0])]
+    classes_per_step = [len(task_steps(task, split.get("task_table", "voc"))[0])]
     model = build_segmenter(model_cfg, classes_per_step)
     if train["loss"] == "bce":
         init_prior_bias(model.classifier.blocks[0], PRIOR)

@@ -18,7 +18,7 @@ import argparse
 import logging
 
 from pipeline import __version__
-from pipeline.methods import build_method
+from pipeline.methods import build_method, method_specs
 from pipeline.methods.base import StepContext, StepInputs
 from pipeline.methods.registry import CACHES
 from pipeline.models import load_model
@@ -29,8 +29,11 @@ log = logging.getLogger("pipeline.stages.train_step")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    incremental = [name for name, spec in method_specs().items() if spec.steps == "incremental"]
     parser.add_argument(
-        "--method", required=True, help="a method of `wilss list methods` or a variant (methods.<name>.method)"
+        "--method",
+        required=True,
+        help=f"one of {', '.join(incremental)} (the registry: `wilss list methods`) or a variant (methods.<name>.method)",
     )
     parser.add_argument("--previous", required=True, help="model.pt of step t-1 (step 0: the base model)")
     parser.add_argument("--pseudo", help="cam/vwe/iscam: pseudo-label cache of the pseudo-labels stage (.h5)")
@@ -81,7 +84,7 @@ def run(args: argparse.Namespace) -> None:
     check_previous(args.previous, meta, split)
     seed_everything(args.seed)
     model, _ = load_model(args.previous, device)
-    context = StepContext.build(task, step, old_model)
+    context = StepContext.build(task, step, old_model, split.get("task_table", "voc"))
     method = build_method(method_cfg.get("method", args.method), method_cfg, context, model)
     model.classifier.add_step(len(context.new_classes), init=method.classifier_init)
 

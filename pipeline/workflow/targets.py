@@ -10,6 +10,7 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 from pipeline.data.tasks import num_steps
+from pipeline.workflow.coco import RUN_EVAL2_METRICS, is_coco_voc, task_table
 from pipeline.workflow.methods import spec_of
 from pipeline.workflow.paths import (
     COSEG_QUALITY_JSON,
@@ -25,14 +26,16 @@ Run = tuple[str, str, int, int, str]
 
 def runs(config: Mapping[str, Any]) -> Iterator[Run]:
     """``(task, protocol, seed, step, method)`` of every model the matrix trains: per task,
-    protocol and seed the step-0 base model, then every method at every step t >= 1."""
+    protocol and seed the step-0 base model, then every method at every step t >= 1 (tasks of
+    the config's task table, :func:`pipeline.workflow.coco.task_table`)."""
     exp = config["experiments"]
+    table = task_table(config)
     for task in exp["tasks"]:
         for protocol in exp["protocols"]:
             for seed in exp["seeds"]:
                 yield task, protocol, seed, 0, "base"
                 for method in exp["methods"]:
-                    for step in range(1, num_steps(task)):
+                    for step in range(1, num_steps(task, table)):
                         yield task, protocol, seed, step, method
 
 
@@ -46,6 +49,15 @@ def _run_file(pattern: str, config: Mapping[str, Any], run: Run) -> str:
 def evaluated_runs(config: Mapping[str, Any]) -> list[tuple[str, str]]:
     """``(metrics.json, history.csv)`` of every run the report shows, in :func:`runs` order."""
     return [(_run_file(RUN_METRICS, config, run), _run_file(RUN_HISTORY, config, run)) for run in runs(config)]
+
+
+def second_eval_metrics(config: Mapping[str, Any]) -> list[str]:
+    """COCO-to-VOC: the metrics.json of every run of :func:`runs` on the second evaluation set
+    (VOC val, :data:`pipeline.workflow.coco.RUN_EVAL2_METRICS`), in :func:`runs` order; empty
+    for every other dataset."""
+    if not is_coco_voc(config):
+        return []
+    return [_run_file(RUN_EVAL2_METRICS, config, run) for run in runs(config)]
 
 
 def quality_files(config: Mapping[str, Any]) -> list[str]:
@@ -84,9 +96,10 @@ def all_targets(config: Mapping[str, Any]) -> list[str]:
         for p in exp["protocols"]
     ]
     targets += [_run_file(RUN_METRICS, config, run) for run in runs(config)]
+    targets += second_eval_metrics(config)
     targets += quality_files(config)
     targets.append(REPORT_SUMMARY)
     return targets
 
 
-__all__ = ["Run", "all_targets", "evaluated_runs", "quality_figures", "quality_files", "runs"]
+__all__ = ["Run", "all_targets", "evaluated_runs", "quality_figures", "quality_files", "runs", "second_eval_metrics"]

@@ -5,6 +5,7 @@ instances from the memory bank (Sec. 3.2, 3.4)."""
 from __future__ import annotations
 
 import functools
+from collections.abc import Mapping
 
 import numpy as np
 import torch
@@ -14,7 +15,7 @@ from pipeline.cache import open_cache
 from pipeline.data.datasets import NamedTargets, PerProcess, WithImageLabels, lazy_cache, step_dataset
 from pipeline.data.tasks import new_classes
 from pipeline.data.transforms import TrainTransform
-from pipeline.foundation.coseg import coseg_masks, expected_provenance
+from pipeline.foundation.coseg import coseg_masks, expected_provenance, require_step
 from pipeline.methods.fmwiss.copy_paste import copy_paste
 from pipeline.methods.fmwiss.memory import MemoryBank
 
@@ -32,6 +33,12 @@ class CosegLabelled(Dataset):
         coseg_path, coseg_cfg: the cache and the settings it is read with (fusion, top-K, ...).
         new_classes: C^t.
         memory_path: the memory bank (None: no copy-paste); paste_prob: probability of a paste.
+        split: the step's ``step{t}.json``: the cache must be the one computed for its task,
+            protocol, step and new classes (:func:`pipeline.foundation.coseg.step_attrs`), the bank
+            one of step t-1 of its task and protocol.
+    Raises:
+        CacheError: a missing, stale or foreign cache or bank (names the file and the differing
+            keys), or a cache lacking images of the step.
     """
 
     def __init__(
@@ -43,14 +50,21 @@ class CosegLabelled(Dataset):
         memory_path: str | None,
         paste_prob: float,
         transform,
+        *,
+        split: Mapping,
     ):
         self.images, self.transform = images, transform
         self.cfg, self.new_classes, self.paste_prob = coseg_cfg, list(new_classes), paste_prob
         self.cache = lazy_cache(coseg_path, expected_provenance(coseg_cfg))
         with open_cache(coseg_path, expected_provenance(coseg_cfg)) as reader:  # stale cache: error now
+            require_step(reader, split)
             reader.require(images.ids, "co-segmentation")
         self.memory_path = memory_path
-        self._bank = None if memory_path is None else PerProcess(functools.partial(MemoryBank, memory_path))
+        self._bank = None
+        if memory_path is not None:
+            bank = {"task": split.get("task"), "protocol": split.get("protocol"), "step": int(split["step"]) - 1}
+            MemoryBank(memory_path, expected=bank).close()  # a bank of another task or step: error now
+            self._bank = PerProcess(functools.partial(MemoryBank, memory_path, expected=bank))
 
     def bank(self) -> MemoryBank | None:
         """The memory bank of this process (None without one)."""
@@ -104,9 +118,10 @@ def coseg_dataset(
         step_dataset(data_index, split["ids"], None),
         coseg_path,
         coseg_cfg,
-        new_classes(split["task"], int(split["step"])),
+        new_classes(split["task"], int(split["step"]), split.get("task_table", "voc")),
         memory_path,
         paste_prob,
         transform,
+        split=split,
     )
     return WithImageLabels(NamedTargets(dataset, "valid"), split["labels"], num_classes)

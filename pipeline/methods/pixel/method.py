@@ -56,6 +56,10 @@ class Joint(PixelSupervised):
     def dataset(self, inputs: StepInputs) -> Dataset:
         index = read_json(inputs.data_index)
         ids = joint_ids(
-            {i: index["index"][i] for i in index["splits"]["train"]}, inputs.task, inputs.step, inputs.split["protocol"]
+            {i: index["index"][i] for i in index["splits"]["train"]},
+            inputs.task,
+            inputs.step,
+            inputs.split["protocol"],
+            index.get("task_table", "voc"),  # COCO-to-VOC: coco80 (pipeline.data.coco_voc)
         )
         return pixel_dataset(inputs.data_index, ids, inputs.train, inputs.task, inputs.step, learned="seen")
