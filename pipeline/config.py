@@ -5,6 +5,12 @@ In ``config.yaml``, ``methods.<variant>`` with a ``method: <base>`` key takes ev
 key by key). The variant runs like any method (``experiments.methods: [fmwiss, fmwiss_oracle]``),
 with its own results folder and its own row in the tables; the report groups the variants of a
 method into an ablation table.
+
+A variant may also change its *training data* (:data:`DATA_KEYS`): ``relaxed_labels`` (image
+labels of every seen class, WILSON Table 5), ``data_fraction`` and ``data_fraction_seed`` (a seeded
+subset of the step's images, FMWISS Table 10). They choose the split file the variant trains on
+(:func:`pipeline.workflow.methods.method_split`), not its objective, so they never reach the
+method's settings (:func:`objective_settings`); :func:`data_settings` gives their values.
 """
 
 from __future__ import annotations
@@ -81,6 +87,47 @@ def variant_changes(methods: Mapping[str, Mapping], name: str) -> dict[str, Any]
     return {key: after[key] for key in after if before.get(key) != after[key]}
 
 
+#: Variant keys that choose the training data (the split), with their value when not given:
+#: ``relaxed_labels`` None = ``experiments.relaxed_labels``; ``data_fraction`` 1.0 = every image;
+#: ``data_fraction_seed`` None = the run's seed (``experiments.seeds``).
+DATA_KEYS: dict[str, Any] = {"relaxed_labels": None, "data_fraction": 1.0, "data_fraction_seed": None}
+
+
+def objective_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """``settings`` (of :func:`resolve_method`) without the data keys (:data:`DATA_KEYS`): what
+    the method's class is built from."""
+    return {key: value for key, value in settings.items() if key not in DATA_KEYS}
+
+
+def data_settings(methods: Mapping[str, Mapping], name: str, relaxed_labels: bool) -> dict[str, Any]:
+    """The training-data settings of a method or variant.
+
+    Args:
+        methods: the ``methods`` section of the config.
+        name: a method or variant.
+        relaxed_labels: ``experiments.relaxed_labels``, the default of ``relaxed_labels``.
+    Returns:
+        ``{"relaxed_labels": bool, "data_fraction": float in (0, 1], "data_fraction_seed": int or
+        None}`` (None: the run's seed).
+    Raises:
+        KeyError: as :func:`resolve_method`.
+        ValueError: a data fraction outside (0, 1] or a seed < 0, naming ``methods.<name>``.
+    """
+    _, settings = resolve_method(methods, name)
+    relaxed = settings.get("relaxed_labels")
+    fraction = settings.get("data_fraction", DATA_KEYS["data_fraction"])
+    seed = settings.get("data_fraction_seed")
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0.0 < fraction <= 1.0:
+        raise ValueError(f"methods.{name}.data_fraction = {fraction!r}: expected a number in (0, 1]")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
+        raise ValueError(f"methods.{name}.data_fraction_seed = {seed!r}: expected an integer >= 0 or null")
+    return {
+        "relaxed_labels": bool(relaxed_labels if relaxed is None else relaxed),
+        "data_fraction": float(fraction),
+        "data_fraction_seed": seed,
+    }
+
+
 @functools.cache
 def _yaml(path: Path) -> dict:
     if not path.is_file():
@@ -130,4 +177,14 @@ def validated_section(name: str, given: Mapping[str, Any] | None = None) -> dict
     return section
 
 
-__all__ = ["DEFAULTS_PATH", "SCHEMA_PATH", "merge", "resolve_method", "validated_section", "variant_changes"]
+__all__ = [
+    "DATA_KEYS",
+    "DEFAULTS_PATH",
+    "SCHEMA_PATH",
+    "data_settings",
+    "merge",
+    "objective_settings",
+    "resolve_method",
+    "validated_section",
+    "variant_changes",
+]

@@ -107,3 +107,27 @@ rule split_summary:
     shell:
         "{params.python} -m pipeline splits --index {input.data:q} --dataset {wildcards.dataset} --task {wildcards.task}"
         " --protocol {wildcards.protocol} {params.relaxed} --summary {output.summary:q} > {log} 2>&1"
+
+
+# A method's own split when its training data differ from the experiment's (a variant's
+# relaxed_labels or data_fraction: WILSON Table 5, FMWISS Table 10); method_split names it.
+rule split_variant:
+    input:
+        data=DATA_INDEX,
+    output:
+        wf.SPLIT_VARIANT,
+    log:
+        log_path("splits", "{task}-{protocol}/{split_variant}/step{step}"),
+    wildcard_constraints:
+        split_variant=wf.SPLIT_VARIANT_PATTERN,
+        step=r"[1-9]\d*",
+    conda:
+        ENV
+    resources:
+        **res("light"),
+    params:
+        python=PYTHON,
+        options=lambda wc: wf.split_variant_options(wc.split_variant),
+    shell:
+        "{params.python} -m pipeline splits --index {input.data:q} --dataset {wildcards.dataset} --task {wildcards.task}"
+        " --protocol {wildcards.protocol} --step {wildcards.step} {params.options} --out {output:q} > {log} 2>&1"

@@ -5,7 +5,7 @@
 rule train_step:
     input:
         unpack(method_inputs),
-        split=SPLIT,
+        split=method_split,  # the experiment's split, or the method's own (relaxed labels, data fraction)
         previous=previous_model,
         data=DATA_INDEX,
     output:

@@ -4,7 +4,8 @@ tables, and :func:`build_report`, which writes them all with ``summary.md`` and 
 Modules, each importing only those before it: :mod:`~pipeline.report.runs` (loading runs, row
 order and labels from the method registry, cell format), :mod:`~pipeline.report.tables`,
 :mod:`~pipeline.report.figures`, :mod:`~pipeline.report.ablation`,
-:mod:`~pipeline.report.pseudo_quality`, :mod:`~pipeline.report.build`. No torch is imported.
+:mod:`~pipeline.report.pseudo_quality`, :mod:`~pipeline.report.paper_tables`,
+:mod:`~pipeline.report.build`. No torch is imported.
 The stage entry point is :mod:`pipeline.stages.report`.
 """
 

@@ -35,6 +35,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--quality", nargs="*", default=[], help="pseudo-label quality JSONs (coseg, CAM baselines)")
     parser.add_argument("--examples", nargs="*", default=[], help="pseudo-label example figures to include")
+    parser.add_argument(
+        "--settings",
+        default="{}",
+        help='JSON {method: {"method": base, "changes": {...}, "relaxed_labels": ..., "data_fraction": ..., '
+        '"pixel_labels": ...}} for the tables of the papers\' remaining experiments',
+    )
+
+    parser.add_argument(
+        "--second-eval",
+        nargs="*",
+        default=[],
+        help="metrics.json of the runs on a second evaluation set (COCO-to-VOC: VOC val, Table 3's VOC column)",
+    )
 
 
 def run(args: argparse.Namespace) -> None:
@@ -47,4 +60,6 @@ def run(args: argparse.Namespace) -> None:
         variants=json.loads(args.variants),
         quality=args.quality,
         examples=args.examples,
+        settings=json.loads(args.settings),
+        second_eval=args.second_eval,
     )

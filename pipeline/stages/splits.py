@@ -13,7 +13,8 @@ from pathlib import Path
 from pipeline.data import tasks
 from pipeline.data.classes import VOC_CLASSES
 from pipeline.data.splits import build_splits, load_index, summarize_splits, summary_csv
-from pipeline.io import atomic_path, write_json, write_text
+from pipeline.data.subsets import apply_data_fraction
+from pipeline.io import atomic_path, read_json, write_json, write_text
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -35,7 +36,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--protocol", required=True, choices=tasks.PROTOCOLS)
     parser.add_argument("--dataset", default="voc", help="dataset name recorded in the JSON files")
     parser.add_argument(
-        "--task-table", default="voc", choices=sorted(tasks.TASKS), help="class set / task table (default: voc)"
+        "--task-table",
+        choices=sorted(tasks.TASKS),
+        help="class set / task table (default: the --index's task_table, e.g. coco80 for COCO-to-VOC; else voc)",
     )
     parser.add_argument(
         "--relaxed",
@@ -43,6 +46,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="image-level labels for every seen class, not only the new ones (WILSON Table 5)",
     )
     parser.add_argument("--workers", type=int, default=0, help="processes reading label maps (0: in this process)")
+    parser.add_argument(
+        "--data-fraction",
+        type=float,
+        help="keep this fraction (0, 1] of the training images of every step t >= 1, a seeded subset "
+        "recorded in the split (FMWISS Table 10; pipeline.data.subsets)",
+    )
+    parser.add_argument("--fraction-seed", type=int, default=0, help="seed of --data-fraction's subset (default 0)")
     out = parser.add_argument_group("output (one of)")
     out.add_argument("--outdir", type=Path, help="output folder: every step{t}.json, summary.json, summary.csv")
     out.add_argument("--step", type=int, help="with --out: write only the split of this step (what a rule asks for)")
@@ -63,6 +73,9 @@ def _print_summary(summary: Mapping) -> None:
 
 def run(args: argparse.Namespace) -> None:
     """Build, summarise and write the splits of one task and protocol (see module docstring)."""
+    if args.task_table is None:  # the labels' numbering, as the prepare-data index records it
+        doc = read_json(args.index) if args.index is not None else {}
+        args.task_table = doc.get("task_table", "voc") if isinstance(doc, dict) else "voc"
     tasks.task_steps(args.task, args.task_table)  # fail on a bad task before reading anything
     if args.index is not None:
         if args.labels_root is not None or args.train_list is not None:
@@ -74,6 +87,8 @@ def run(args: argparse.Namespace) -> None:
 
         train_list = args.labels_root / args.train_list
         ids = voc.read_ids(train_list)
+        if not ids:
+            raise voc.DatasetError(f"{train_list}: training id list holds no ids; expected one image id per line")
         index = voc.index_dataset(args.labels_root, ids, args.mask_dir, images=False, workers=args.workers)
         source = {"labels_root": str(args.labels_root), "train_list": str(train_list), "mask_dir": args.mask_dir}
     else:
@@ -82,6 +97,8 @@ def run(args: argparse.Namespace) -> None:
     steps = build_splits(
         index, args.task, args.protocol, args.relaxed, dataset=args.dataset, task_table=args.task_table
     )
+    if args.data_fraction is not None:  # step 0 (the shared base model) keeps every image
+        steps = [s if s["step"] == 0 else apply_data_fraction(s, args.data_fraction, args.fraction_seed) for s in steps]
     summary = summarize_splits(steps, index)
     summary["source"] = source
 

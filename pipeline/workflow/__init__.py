@@ -15,6 +15,7 @@ and :mod:`pipeline.foundation.settings` are torch-free; tests/test_workflow_torc
 """
 
 from pipeline.workflow.methods import (
+    SPLIT_VARIANT_PATTERN,
     cam_networks,
     check_methods,
     coseg_cache_config,
@@ -25,11 +26,15 @@ from pipeline.workflow.methods import (
     method_inputs,
     method_options,
     method_settings,
+    method_split,
     params_json,
     previous_bank,
     previous_model,
+    report_settings,
     report_variants,
     spec_of,
+    split_variant_name,
+    split_variant_options,
     step_params,
 )
 from pipeline.workflow.paths import (
@@ -61,6 +66,7 @@ from pipeline.workflow.paths import (
     SPLIT0,
     SPLIT_SUMMARY,
     SPLIT_SUMMARY_CSV,
+    SPLIT_VARIANT,
     WSSS,
     WSSS_HISTORY,
     WSSS_MODEL,
@@ -73,7 +79,14 @@ from pipeline.workflow.paths import (
     shell_prefix,
     training_launcher,
 )
-from pipeline.workflow.targets import all_targets, evaluated_runs, quality_figures, quality_files, runs
+from pipeline.workflow.targets import (
+    all_targets,
+    evaluated_runs,
+    quality_figures,
+    quality_files,
+    runs,
+    second_eval_metrics,  # COCO-to-VOC: the VOC-val evaluations
+)
 
 __all__ = [
     "BASE_HISTORY",
@@ -104,6 +117,8 @@ __all__ = [
     "SPLIT0",
     "SPLIT_SUMMARY",
     "SPLIT_SUMMARY_CSV",
+    "SPLIT_VARIANT",
+    "SPLIT_VARIANT_PATTERN",
     "WSSS",
     "WSSS_HISTORY",
     "WSSS_MODEL",
@@ -124,16 +139,21 @@ __all__ = [
     "method_inputs",
     "method_options",
     "method_settings",
+    "method_split",
     "params_json",
     "previous_bank",
     "previous_model",
     "quality_figures",
     "quality_files",
+    "report_settings",
     "report_variants",
     "run_dir",
     "runs",
+    "second_eval_metrics",
     "shell_prefix",
     "training_launcher",
     "spec_of",
+    "split_variant_name",
+    "split_variant_options",
     "step_params",
 ]

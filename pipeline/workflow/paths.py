@@ -16,6 +16,9 @@ DATA_INDEX = "results/{dataset}/dataset.json"
 SPLIT = "results/{dataset}/splits/{task}-{protocol}/step{step}.json"
 #: The split of step 0 (base classes, pixel labels).
 SPLIT0 = SPLIT.replace("{step}", "0")
+#: A split with other training data than the experiment's (a variant's relaxed labels or data
+#: fraction; ``{split_variant}`` named by :func:`pipeline.workflow.methods.split_variant_name`).
+SPLIT_VARIANT = "results/{dataset}/splits/{task}-{protocol}/{split_variant}/step{step}.json"
 SPLIT_SUMMARY = "results/{dataset}/splits/{task}-{protocol}/summary.json"
 SPLIT_SUMMARY_CSV = "results/{dataset}/splits/{task}-{protocol}/summary.csv"
 
@@ -140,6 +143,7 @@ __all__ = [
     "RUN_PREDICTIONS",
     "SPLIT",
     "SPLIT0",
+    "SPLIT_VARIANT",
     "SPLIT_SUMMARY",
     "SPLIT_SUMMARY_CSV",
     "WSSS",
