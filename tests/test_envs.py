@@ -18,6 +18,10 @@ def test_conda_env_mirrors_pyproject_pins():
     env_pins = {d.split("==")[0].lower(): d.split("==")[1] for d in pip}
     # the rules do not need Snakemake itself inside their environment
     expected = {name: version for name, version in pins.items() if not name.startswith("snakemake")}
+    # the optional extra `tensorboard` is in the rules' environment too (their event files)
+    extra = project["optional-dependencies"]["tensorboard"]
+    assert all("==" in d for d in extra), "every dependency is pinned"
+    expected |= {d.split("==")[0].lower(): d.split("==")[1] for d in extra}
     assert env_pins == expected
 
 

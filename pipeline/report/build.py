@@ -13,11 +13,17 @@ plus ``learning_curves_{dataset}_{task}.png`` (one line per run), for every (dat
 runs cover more than one step ``steps_{dataset}_{task}.png`` (mIoU % per step, one panel per
 protocol, one colour per method whose line starts at the shared step-0 "base" run; solid all,
 dashed old, dotted new; seeds averaged; values from :func:`pipeline.report.figures.step_series`),
-the ablation and pseudo-label quality tables (``.md`` and ``.csv``), ``summary.md`` (all
+the ablation and pseudo-label quality tables and those of the papers' remaining experiments
+(``paper_*``, :mod:`pipeline.report.paper_tables`; ``.md`` and ``.csv``), ``summary.md`` (all
 tables, per task the final step first (the papers' table), then the intermediate steps, then
 step 0; links to the figures) and ``index.json`` (every file written, path relative to
 ``outdir``, with a caption). The PNGs go to ``figures_dir`` when given (the Snakemake rule declares
 that folder as a ``report()`` directory output). The stage entry point is :mod:`pipeline.stages.report`.
+
+Where each method fails (:mod:`pipeline.report.confusion`): ``confusion_{dataset}_{task}_{protocol}_step{t}_{method}_seed{s}.png``
+(the row-normalised confusion matrix of every run holding one, background / old / new marked),
+``background_shift_{dataset}_{task}_step{t}.md|.csv`` per step >= 1 and ``background_shift.csv``
+(every table's rows; always written).
 """
 
 from __future__ import annotations
@@ -31,8 +37,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline.io import atomic_path, write_json, write_text
-from pipeline.report import ablation, pseudo_quality
+from pipeline.report import ablation, confusion, pseudo_quality  # confusion: issue 18
+from pipeline.report.coco_voc import coco_voc_tables  # issue 15: COCO-to-VOC, WILSON / FMWISS Table 3
 from pipeline.report.figures import plot_learning_curves, plot_per_class, plot_qualitative, plot_steps
+from pipeline.report.paper_tables import paper_tables
 from pipeline.report.runs import Run, load_metrics, method_label, method_sort_key, protocol_sort_key, read_history, slug
 from pipeline.report.tables import Table, build_tables, summary_order, table_csv, table_latex, table_markdown
 
@@ -170,6 +178,46 @@ def _example_figures(report: _Report, examples: Sequence[str | Path]) -> None:
         report.summary += [report.image(p, caption), ""]
 
 
+# ----------------------------------------------------------------------------- confusion, background shift (issue 18)
+def _confusion_section(report: _Report, runs: Sequence[Run]) -> None:
+    """Background-shift tables (``background_shift_{stem}.md|.csv`` per step >= 1, and every
+    method of every table in ``background_shift.csv``, always written: the Snakemake report's
+    table) and one row-normalised confusion figure per run with a confusion matrix
+    (:mod:`pipeline.report.confusion`)."""
+    tables = confusion.shift_tables(runs)
+    with atomic_path(report.outdir / "background_shift.csv") as tmp:
+        with open(tmp, "w", newline="", encoding="utf-8") as f:
+            writer = csv.DictWriter(f, fieldnames=confusion.RECORD_COLUMNS)
+            writer.writeheader()
+            writer.writerows(record for table in tables for record in table["records"])
+    report.add(report.outdir / "background_shift.csv", "Background shift %, every method and step (csv)")
+    with_matrix = [r for r in runs if confusion.has_confusion(r)]
+    if not with_matrix:
+        return
+    report.summary += ["## Confusion and background shift", "", confusion.SHIFT_NOTE, ""]
+    for table in tables:
+        text = ablation.markdown(table)
+        p = report.outdir / f"{table['stem']}.md"
+        write_text(p, f"### {table['title']}\n\n{confusion.SHIFT_NOTE}\n\n{text}")
+        with atomic_path(report.outdir / f"{table['stem']}.csv") as tmp:
+            with open(tmp, "w", newline="", encoding="utf-8") as f:
+                csv.writer(f).writerows([table["header"], *table["rows"]])
+        report.entries += [(p, table["title"]), (report.outdir / f"{table['stem']}.csv", table["title"] + " (csv)")]
+        report.summary += [f"### {table['title']}", "", text]
+    report.summary += ["### Row-normalised confusion matrices", ""]
+    ordered = [r for t in summary_order(build_tables(with_matrix)) for key in t.series for r in t.cells[key]]
+    for run in ordered:
+        d = run.data
+        p = report.figures / f"{confusion.confusion_stem(run)}.png"
+        confusion.plot_confusion(run, p)
+        caption = (
+            f"Confusion (row-normalised), {method_label(run.row)} {d['protocol']}, "
+            f"{d['dataset']} {d['task']} step {d['step']}, seed {d['seed']}"
+        )
+        report.add(p, caption)
+        report.summary += [report.image(p, caption), ""]
+
+
 # ----------------------------------------------------------------------------- summary
 def _write_summary_and_index(report: _Report) -> list[Path]:
     """``summary.md`` then ``index.json`` (every file written, ``summary.md`` included).
@@ -194,6 +242,8 @@ def build_report(
     variants: dict | None = None,
     quality: Sequence[str | Path] = (),
     examples: Sequence[str | Path] = (),
+    settings: dict | None = None,
+    second_eval: Sequence[str | Path] = (),
 ) -> list[Path]:
     """Write every table and figure (see the module docstring) and ``index.json``.
 
@@ -212,6 +262,10 @@ def build_report(
         quality: pseudo-label quality JSONs (:mod:`pipeline.report.pseudo_quality`).
         examples: figures of pseudo-labels made by other stages (co-segmentation, CAMs), copied
             into the figures folder and linked under the quality table.
+        settings: ``{method: {"method", "changes", "relaxed_labels", "data_fraction", ...}}``:
+            the tables of the papers' remaining experiments (:mod:`pipeline.report.paper_tables`).
+        second_eval: ``metrics.json`` of the runs on a second evaluation set (COCO-to-VOC: VOC
+            val), for Table 3's VOC column (:mod:`pipeline.report.coco_voc`).
 
     Returns:
         Paths written, ``index.json`` last.
@@ -231,6 +285,8 @@ def build_report(
         report.summary += [table_markdown(table), ""]
         _table_figures(report, table, num_examples)
         report.summary.append("")
+    # issue 15: COCO-to-VOC in WILSON / FMWISS Table 3's layout (COCO and VOC columns)
+    _write_extra_tables(report, "COCO-to-VOC", coco_voc_tables(runs, [load_metrics(p) for p in second_eval]))
     _step_figures(report, runs)
     _learning_curve_figures(report, histories)
     extra_tables = [
@@ -240,4 +296,7 @@ def build_report(
     for heading, tables in extra_tables:
         _write_extra_tables(report, heading, tables)
     _example_figures(report, examples)
+    # WILSON Table 5 (relaxed labels), FMWISS Tables 9 (pixel vs image labels) and 10 (data fraction)
+    _write_extra_tables(report, "The papers' remaining experiments", paper_tables(runs, settings or {}))
+    _confusion_section(report, runs)  # issue 18
     return _write_summary_and_index(report)

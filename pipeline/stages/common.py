@@ -88,6 +88,7 @@ def train_and_save(
         precision=train["precision"],
         compile=train["compile"],
         eval_every=train["eval_every"],
+        tensorboard=train.get("tensorboard", False),  # issue 18: event files in the run folder
     )
     validate = (
         make_validator(args.data, task, step, device, batch_size=train["eval_batch_size"])
