@@ -30,9 +30,18 @@ include: "rules/coseg.smk"
 include: "rules/wsss.smk"
 include: "rules/incremental.smk"
 include: "rules/evaluate.smk"
+include: "rules/coco.smk"  # COCO-to-VOC (dataset.kind: coco-voc) only
+include: "rules/instance.smk"  # CL4WSIS, built by the `instance_all` target only
 
 
 rule all:
     default_target: True
     input:
         all_targets(),
+
+
+# CL4WSIS (issue 16): class-incremental instance segmentation, outside `all`, e.g.
+#   snakemake instance_all --cores all --configfile config/demo.yaml config/demo-instance.yaml
+rule instance_all:
+    input:
+        wfi.instance_targets(config),

@@ -23,6 +23,17 @@ STAGES: dict[str, tuple[str, str]] = {
     "pseudo-labels": ("pipeline.stages.pseudo_labels", "hard pseudo-labels from a CAM network (HDF5) + their quality"),
     "evaluate": ("pipeline.stages.evaluate", "confusion matrix, per-class IoU, old/new/all mIoU"),
     "report": ("pipeline.stages.report", "tables, charts, learning curves, qualitative figures"),
+    # After the DAG (issue 18): apply a model to any images; list the registry.
+    "predict": ("pipeline.stages.predict", "segment any images with a model.pt: label maps, overlays, JSON"),
+    "list": ("pipeline.stages.listing", "list the registry: methods, tasks or datasets"),
+    # COCO-to-VOC (issue 15): COCO-Stuff labels, the assembled two-dataset root, its fixture, COCO's download.
+    "coco-labels": ("pipeline.stages.coco_labels", "COCO-Stuff stuffthingmaps -> COCO-id maps + class index"),
+    "coco-voc-prepare": ("pipeline.stages.coco_voc_prepare", "assemble COCO-to-VOC (paper numbering) + its index"),
+    "make-coco-voc-fixture": ("pipeline.stages.make_coco_voc_fixture", "generate a COCO + VOC layout fixture"),
+    "download-coco": ("pipeline.stages.download_coco", "download COCO 2017 + COCO-Stuff stuffthingmaps"),
+    # CL4WSIS (issue 16): instance segmentation, step 0 and the two phases of a step; mask AP.
+    "train-instance": ("pipeline.stages.train_instance", "CL4WSIS step: step 0 or Phase 1 + Phase 2 (instance model)"),
+    "evaluate-instance": ("pipeline.stages.evaluate_instance", "mask AP (VOC) + semantic mIoU of an instance model"),
 }
 
 

@@ -3,7 +3,7 @@
 
 The loop owns the device, the precision (:mod:`pipeline.train.precision`: bf16/fp16 autocast on
 CUDA, bf16 on CPUs where a probe shows it is faster), channels_last, optional ``torch.compile``,
-data parallelism over processes (:mod:`pipeline.train.distributed`), the SGD optimiser with the
+data parallelism over processes (:mod:`pipeline.train.distributed`), the SGD (or Adam) optimiser with the
 poly learning-rate schedule, checkpoints every epoch (model, objective modules, optimiser,
 scheduler, scaler, epoch, history), automatic resume after a kill, progress bars, the per-epoch
 log line and the metrics history. A method owns only its losses, targets and extra modules.
@@ -56,6 +56,7 @@ from pipeline.train.distributed import (
     barrier,
 )
 from pipeline.train.precision import Precision, resolve_precision
+from pipeline.train.tensorboard import TensorBoardLog, tensorboard_available
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +84,12 @@ class LoopConfig:
             ``loss_limit`` (each check is one host synchronisation; also checked at epoch end).
         loss_limit: a loss above it stops the run as diverging (a guard, not a hyper-parameter:
             the papers' losses stay below ~10² per pixel and class summed).
+        tensorboard: write TensorBoard event files into ``run_dir`` (rank 0, when the
+            ``tensorboard`` package is installed; :mod:`pipeline.train.tensorboard`). Not part of
+            the loop's own fingerprint (it changes no result).
+        optimizer: ``sgd`` (momentum, the papers' default) or ``adam`` (``torch.optim.Adam``
+            with ``weight_decay``, ``momentum`` unused: CL4WSIS Sec. 4.3, its step 0 and Phase 2).
+            Enters the fingerprint only when not ``sgd``, so SGD runs keep theirs.
     """
 
     epochs: int
@@ -98,6 +105,8 @@ class LoopConfig:
     hold_epochs: int = 0
     finite_check_every: int = 50
     loss_limit: float = 1.0e6
+    tensorboard: bool = False
+    optimizer: str = "sgd"
 
 
 def held_poly_factor(iteration: int, hold_iters: int, total_iters: int, power: float) -> float:
@@ -108,6 +117,24 @@ def held_poly_factor(iteration: int, hold_iters: int, total_iters: int, power: f
         return 1.0
     span = max(total_iters - hold_iters, 1)
     return max(1.0 - (iteration - hold_iters) / span, 0.0) ** power
+
+
+#: ``LoopConfig.optimizer`` values.
+OPTIMIZERS = ("sgd", "adam")
+
+
+def build_optimizer(cfg: LoopConfig, groups: list[dict]) -> torch.optim.Optimizer:
+    """The loop's optimiser over an objective's parameter groups: SGD with momentum (default) or
+    Adam (``cfg.optimizer``), both with ``cfg.lr`` and ``cfg.weight_decay``.
+
+    Raises:
+        ValueError: an unknown ``cfg.optimizer``.
+    """
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    raise ValueError(f"optimizer={cfg.optimizer!r}: expected one of {OPTIMIZERS}")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -192,7 +219,10 @@ class Trainer:
         log.info("precision: %s", self.precision.reason)
         self.checkpoint_path = self.run_dir / "checkpoint.pt"
         self.history_path = self.run_dir / "history.csv"
-        self.fingerprint = fingerprint(asdict(cfg), self.precision.name, objective.name, tag, len(dataset))
+        settings = {k: v for k, v in asdict(cfg).items() if k != "tensorboard"}  # logging only, not the result
+        if cfg.optimizer == "sgd":  # the default: fingerprints of the runs before the option stay valid
+            settings.pop("optimizer")
+        self.fingerprint = fingerprint(settings, self.precision.name, objective.name, tag, len(dataset))
         self.sampler = EpochSampler(len(dataset), cfg.batch_size, cfg.seed, world)
         self.iters_per_epoch = self.sampler.iterations
         if not 0 <= cfg.hold_epochs <= cfg.epochs:
@@ -208,9 +238,7 @@ class Trainer:
         if device.type == "cuda":
             torch.backends.cudnn.benchmark = True
         self.forward = torch.compile(self.model) if cfg.compile else self.model
-        self.optimizer = torch.optim.SGD(
-            objective.param_groups(model, cfg.lr), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
-        )
+        self.optimizer = build_optimizer(cfg, objective.param_groups(model, cfg.lr))
         self.parameters = [p for group in self.optimizer.param_groups for p in group["params"]]
         hold, total = cfg.hold_epochs * self.iters_per_epoch, cfg.epochs * self.iters_per_epoch
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -372,20 +400,51 @@ class Trainer:
         row["time_s"] = time.perf_counter() - started
         return row
 
+    def open_tensorboard(self) -> TensorBoardLog | None:
+        """The run's TensorBoard writer on rank 0 when ``cfg.tensorboard`` and the package is
+        installed (else None, logged once)."""
+        if not (self.cfg.tensorboard and self.world.is_main):
+            return None
+        if not tensorboard_available():
+            log.info("tensorboard is not installed: no event files (pip install -e '.[tensorboard]')")
+            return None
+        log.info("TensorBoard event files in %s", self.run_dir)
+        return TensorBoardLog(self.run_dir, first_epoch=self.start_epoch + 1)
+
     def fit(self) -> list[dict]:
         """Train from the last checkpoint (or from scratch) to ``cfg.epochs``; returns the history."""
         if self.world.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
         barrier(self.world)
         self.try_resume()
+        board = self.open_tensorboard()
+        try:
+            self._fit_epochs(board)
+        finally:
+            if board is not None:
+                board.close()
+        if self.start_epoch >= self.cfg.epochs and self.world.is_main:
+            write_history(self.history_path, self.history)
+        return self.history
+
+    def _fit_epochs(self, board: TensorBoardLog | None) -> None:
         for epoch in range(self.start_epoch, self.cfg.epochs):
             row = self.train_epoch(epoch)
             last = epoch + 1 == self.cfg.epochs
+            validated = False
             if self.validate is not None and ((self.cfg.eval_every and (epoch + 1) % self.cfg.eval_every == 0) or last):
                 if self.world.is_main:
                     row.update(self.validate(self.model))
+                    validated = True
                 barrier(self.world)
                 self.model.train()
+            if board is not None:
+                board.log_epoch(epoch + 1, row, self.optimizer)
+                preview = getattr(self.validate, "dataset", None)  # make_validator's val images
+                if validated and preview is not None:
+                    board.log_images(epoch + 1, self.model, preview, self.device)
+                    self.model.train()
+                board.flush()
             self.history.append(row)
             if self.world.is_main:
                 log.info(
@@ -398,9 +457,6 @@ class Trainer:
                 )
                 write_history(self.history_path, self.history)
             self.save_checkpoint(epoch)
-        if self.start_epoch >= self.cfg.epochs and self.world.is_main:
-            write_history(self.history_path, self.history)
-        return self.history
 
     def remove_checkpoint(self) -> None:
         """Delete the checkpoint once the final model is written (it is as large as the model)."""
@@ -443,9 +499,11 @@ def fit(
 
 
 __all__ = [
+    "OPTIMIZERS",
     "DivergenceError",
     "LoopConfig",
     "Trainer",
+    "build_optimizer",
     "epoch_seed",
     "file_digest",
     "fingerprint",
