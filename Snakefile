@@ -44,4 +44,4 @@ rule all:
 #   snakemake instance_all --cores all --configfile config/demo.yaml config/demo-instance.yaml
 rule instance_all:
     input:
-        wfi.instance_targets(config),
+        lambda wildcards: wfi.instance_targets(config),

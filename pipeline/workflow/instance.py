@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from pipeline.data.tasks import num_steps
+from pipeline.workflow.coco import is_coco_voc
 from pipeline.workflow.methods import method_settings, params_json
 
 INSTANCE_RUN = "results/{dataset}/{task}-{protocol}/seed{seed}/instance/step{step}/cl4wsis"
@@ -39,7 +40,16 @@ def instance_params(config: Mapping[str, Any], step: int | str) -> str:
 
 def instance_targets(config: Mapping[str, Any]) -> list[str]:
     """metrics.json of every step of every task, protocol and seed of the experiment (the per-step
-    table, CL4WSIS Table 5)."""
+    table, CL4WSIS Table 5).
+
+    Raises:
+        ValueError: a COCO-to-VOC config (CL4WSIS runs on the VOC tasks and instance maps only).
+    """
+    if is_coco_voc(config):
+        raise ValueError(
+            f"instance_all: CL4WSIS runs on VOC tasks with instance maps; dataset {config['dataset']['name']!r} "
+            "is COCO-to-VOC (dataset.kind: coco-voc), which has no instance pipeline here"
+        )
     exp = config["experiments"]
     dataset = config["dataset"]["name"]
     return [
