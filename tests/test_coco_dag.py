@@ -1,6 +1,6 @@
 """COCO-to-VOC as a DAG: the paper-numbered task table and lookup tables, the assembly of COCO and
 VOC into one root (resumable, checked), its splits, the COCO download (mocked), Table 3 of the
-report, the backbone, the dry-run job lists, and (slow) the fixture DAG end to end and the real
+report, the backbone, the dry-run job lists, and (marked long) the fixture DAG end to end and the real
 maps of shared/coco-mini."""
 
 from __future__ import annotations
@@ -357,7 +357,7 @@ def test_voc_dag_has_no_coco_job(tmp_path):
 # the fixture DAG end to end, and the real maps of shared/coco-mini
 
 
-@pytest.mark.slow
+@pytest.mark.long  # ~1.5 min alone: pytest -m long
 def test_fixture_dag_runs_end_to_end(tmp_path):
     proc = snakemake(tmp_path, "--cores", "2", "--configfile", *FIXTURE)
     assert "steps (100%) done" in proc.stderr
@@ -389,7 +389,7 @@ def test_fixture_dag_runs_end_to_end(tmp_path):
     assert "COCO-to-VOC (WILSON / FMWISS Table 3)" in (tmp_path / "results/report/summary.md").read_text()
 
 
-@pytest.mark.slow
+@pytest.mark.long  # ~1.5 min alone: pytest -m long
 @needs_coco_mini
 def test_real_coco_mini_maps_through_the_dag(tmp_path):
     """The 44 real COCO-Stuff maps of shared/coco-mini as COCO val: converted, checked (images

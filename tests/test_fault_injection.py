@@ -4,7 +4,7 @@ SIGKILL + re-run of the tiny DAG's stages (pipeline/devtools/faults.py; docs/rel
 The reduced set kills one stage of each family — the training loop (train_base, in the middle:
 after the first epoch's checkpoint), an HDF5 cache (memory_bank, while writing an instance's
 group) and evaluate (early, an external SIGKILL) — so the three points are covered once. The
-full set (every stage × early/middle/writing, as scripts/fault_harness.py runs it) is marked slow.
+full set (every stage × early/middle/writing, as scripts/fault_harness.py runs it) is marked long.
 """
 
 import json
@@ -197,7 +197,7 @@ def test_reduced_set_recovers_to_the_reference(harness):
     assert "3 faults: 3 kills injected, 3 recovered, 3 identical" in report
 
 
-@pytest.mark.slow
+@pytest.mark.long  # 30 kills, each re-running part of the DAG: pytest -m long
 def test_every_stage_at_every_point_recovers_to_the_reference(harness):
     chosen = faults(harness.stages)
     harness.reference(f.rerun_target for f in chosen)

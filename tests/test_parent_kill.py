@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import signal
 
+import pytest
 from helpers.dag import (
     PROTOCOLS,
     REPO,
@@ -40,6 +41,7 @@ from pipeline.io import file_sha256
 ARGS = ["--profile", str(REPO / "profiles/local"), *TINY_CLUSTER, "--resources", "gpu=2"]
 
 
+@pytest.mark.long  # two tiny DAG runs, ~4 min: pytest -m long
 def test_killed_snakemake_parent_recovers_and_keeps_finished_work(tiny_cluster_reference, tmp_path):
     workdir = tmp_path / "dag"
     workdir.mkdir()
