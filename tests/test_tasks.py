@@ -323,6 +323,8 @@ def _cli_args(**overrides):
         step=None,
         out=None,
         summary=None,
+        data_fraction=None,
+        fraction_seed=0,
     )
     args.update(overrides)
     return types.SimpleNamespace(**args)

@@ -4,6 +4,7 @@ EventAccumulator, they hold each loss term, the learning rates, val mIoU all/old
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -122,6 +123,21 @@ def test_a_rerun_purges_the_events_of_the_epochs_it_trains_again(tmp_path):
     Trainer(Pixelwise(), TwoTerms(), _samples(IMAGES, 1), cfg, tmp_path / "run", torch.device("cpu")).fit()
     # other settings: starts over from epoch 1; the first run's epochs 1-3 are purged
     assert [e.step for e in _accumulator(tmp_path / "run").Scalars("loss/total")] == [1, 2]
+
+
+def test_a_run_from_scratch_replaces_event_files_that_sort_after_its_own(tmp_path):
+    """TensorBoard reads a folder's event files in name order; one named as if written later (a
+    later second, or a process counter that sorts after as text) must not survive a fresh run."""
+    _fit(tmp_path / "first", True)
+    (stale,) = (tmp_path / "first").glob("events.out.tfevents.*")
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copy(stale, run / "events.out.tfevents.9999999999.host.1.9")
+    torch.manual_seed(0)
+    cfg = LoopConfig(epochs=2, batch_size=BATCH, lr=LR, tensorboard=True, precision="float32")
+    Trainer(Pixelwise(), TwoTerms(), _samples(IMAGES, 1), cfg, run, torch.device("cpu")).fit()
+    assert not (run / "events.out.tfevents.9999999999.host.1.9").exists()
+    assert [e.step for e in _accumulator(run).Scalars("loss/total")] == [1, 2]
 
 
 def test_scalar_tags_maps_history_columns():

@@ -15,7 +15,11 @@ device and reduced once per epoch (no extra host synchronisation):
   :data:`NUM_IMAGES` validation images, at each evaluation (a few forward passes).
 
 A resumed run opens its writer with ``purge_step`` = the first epoch it trains, so TensorBoard drops
-the events a killed run had logged for the epochs that are trained again.
+the events a killed run had logged for the epochs that are trained again. A run that starts from
+epoch 1 (no checkpoint, or one of other settings) deletes the folder's earlier event files instead:
+TensorBoard reads a folder's files in name order (time in whole seconds, host, process id and a
+counter compared as text), so a new file written in the same second as an old one may be read
+first, and the purge would then not apply.
 """
 
 from __future__ import annotations
@@ -67,13 +71,17 @@ def scalar_tags(row: dict) -> dict[str, float]:
     return tags
 
 
+#: How every TensorBoard event file's name starts.
+EVENT_FILE_PREFIX = "events.out.tfevents."
+
+
 class TensorBoardLog:
     """One run's event files (rank 0 only; the loop creates it).
 
     Args:
         run_dir: the run's folder (the event files go there).
         first_epoch: the first epoch (1-based) this process trains; events of a previous process
-            at that epoch or later are purged.
+            at that epoch or later are purged; at 1, the folder's earlier event files are deleted.
     Raises:
         ImportError: tensorboard is not installed (check :func:`tensorboard_available` first).
     """
@@ -81,6 +89,9 @@ class TensorBoardLog:
     def __init__(self, run_dir: str | Path, first_epoch: int = 1):
         from torch.utils.tensorboard import SummaryWriter  # optional dependency, imported on use
 
+        if first_epoch <= 1:  # a run from scratch: the earlier runs' events are superseded
+            for old in Path(run_dir).glob(f"{EVENT_FILE_PREFIX}*"):
+                old.unlink()
         self.writer = SummaryWriter(log_dir=str(run_dir), purge_step=first_epoch)
 
     def log_epoch(self, epoch: int, row: dict, optimizer: torch.optim.Optimizer) -> None:
