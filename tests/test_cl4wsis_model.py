@@ -3,6 +3,7 @@ timm's feature levels; freezing for Phase 2; saving and loading."""
 
 import pytest
 import torch
+from helpers.cl4wsis import INSTANCE, MODEL, one_thread  # noqa: F401 (one_thread: an autouse fixture)
 
 from pipeline.checkpoint import CheckpointError
 from pipeline.models import build_segmenter, save_model
@@ -12,26 +13,6 @@ from pipeline.models.instance import (
     low_level_indices,
     save_instance_model,
 )
-
-MODEL = {"backbone": "resnet18", "output_stride": 8, "pretrained": "none", "head_channels": 32}
-INSTANCE = {
-    "low_level_strides": [8, 4],
-    "low_level_project": [16, 8],
-    "aspp_channels": 32,
-    "decoder_channels": 16,
-    "center_head_channels": 16,
-    "offset_head_channels": 8,
-    "atrous_rates": [1, 2, 3],
-}
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One torch thread: on the shared 2-core machine several threads only contend."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_outputs_at_input_resolution_and_levels_from_feature_info():

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from helpers.cl4wsis import INSTANCE, MODEL, one_thread  # noqa: F401 (one_thread: an autouse fixture)
 
 from pipeline.data.instances import load_instance_map
 from pipeline.data.synthetic import generate
@@ -23,26 +24,7 @@ from pipeline.models.instance import build_instance_segmenter
 from pipeline.train.loop import LoopConfig, Trainer
 
 TASK, SIZE = "10-10", 64
-MODEL = {"backbone": "resnet18", "output_stride": 8, "pretrained": "none", "head_channels": 32}
-INSTANCE = {
-    "low_level_strides": [8, 4],
-    "low_level_project": [16, 8],
-    "aspp_channels": 32,
-    "decoder_channels": 16,
-    "center_head_channels": 16,
-    "offset_head_channels": 8,
-    "atrous_rates": [1, 2, 3],
-}
 TRAIN = {"crop_size": SIZE, "scale_range": [1.0, 1.0]}
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One torch thread: on the shared 2-core machine several threads only contend."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _cfg(**changes):

@@ -10,6 +10,7 @@ import pytest
 import torch
 import yaml
 from helpers.dag import REPO, job_counts, snakemake
+from helpers.report import metrics_run
 from test_workflow_torch_free import load_config, wildcards
 
 import pipeline.workflow as wf
@@ -24,7 +25,6 @@ from pipeline.methods.base import StepContext, StepInputs
 from pipeline.methods.wilson.method import pixel_label_target
 from pipeline.models import build_segmenter
 from pipeline.report.paper_tables import paper_tables
-from pipeline.report.runs import Run
 
 SCHEMA = yaml.safe_load((REPO / "schemas/config.schema.yaml").read_text())
 PAPERS = yaml.safe_load((REPO / "config/demo-papers.yaml").read_text())
@@ -267,22 +267,7 @@ def test_wilson_with_pixel_labels_learns_from_the_gt_not_the_localizer(tiny):
 
 # --------------------------------------------------------------------------- tables
 def _metrics(method, seed, new, protocol="overlap", step=1):
-    return Run(
-        path=f"{method}/{seed}",
-        data={
-            "dataset": "demo",
-            "task": "15-5",
-            "step": step,
-            "method": method,
-            "protocol": protocol,
-            "seed": seed,
-            "old_classes": list(range(1, 16)),
-            "new_classes": list(range(16, 21)),
-            "miou_old": 0.6,
-            "miou_new": new,
-            "miou_all": 0.5,
-        },
-    )
+    return metrics_run(method, new, old=0.6, all_=0.5, seed=seed, protocol=protocol, step=step)
 
 
 SETTINGS = {

@@ -1,9 +1,10 @@
 """Method variants (ablations, oracle runs) and the ablation table."""
 
 import pytest
+from helpers.report import metrics_run
 
 from pipeline.config import merge, resolve_method, variant_changes
-from pipeline.report import Run, method_sort_key
+from pipeline.report import method_sort_key
 from pipeline.report.ablation import ablation_tables, markdown
 
 METHODS = {
@@ -39,22 +40,7 @@ def test_variants_sort_after_their_method():
 
 
 def _run(method, protocol, step, new, seed=0):
-    return Run(
-        path=f"{method}/{protocol}/{step}",
-        data={
-            "dataset": "demo",
-            "task": "15-5",
-            "step": step,
-            "method": method,
-            "protocol": protocol,
-            "seed": seed,
-            "old_classes": list(range(1, 16)),
-            "new_classes": list(range(16, 21)),
-            "miou_old": 0.5,
-            "miou_new": new,
-            "miou_all": 0.45,
-        },
-    )
+    return metrics_run(method, new, old=0.5, all_=0.45, seed=seed, protocol=protocol, step=step)
 
 
 def test_ablation_table_has_a_column_per_changed_setting():

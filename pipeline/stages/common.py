@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from pipeline.eval.evaluate import make_validator
+from pipeline.eval.evaluate import make_validator, report_classes
 from pipeline.io import read_json
 from pipeline.models import save_model
 from pipeline.train.distributed import SINGLE, init_distributed
@@ -118,6 +118,35 @@ def train_and_save(
     trainer.remove_checkpoint()
     logging.getLogger(__name__).info("wrote %s", outdir / "model.pt")
     return history
+
+
+def split_classes_of_model(model_path, split_path, split: dict, meta: dict, num_outputs: int) -> tuple:
+    """Check that a model fits the split it is evaluated on, and give the split's class sets.
+
+    Args:
+        model_path, split_path: the files, for the messages.
+        split: the split's JSON (``task``, ``step``, optional ``task_table``).
+        meta: the model's metadata (``task``, ``step``).
+        num_outputs: the model's output channels.
+    Returns:
+        ``(task, step, table, seen, old, new)``: the class sets of
+        :func:`pipeline.eval.evaluate.report_classes`.
+    Raises:
+        ValueError: the model is of another task or step, or its outputs are not the seen classes.
+    """
+    task, step = split["task"], int(split["step"])
+    if (meta.get("task"), meta.get("step")) != (task, step):
+        raise ValueError(
+            f"{model_path} is a model of task {meta.get('task')} step {meta.get('step')}, "
+            f"but {split_path} is task {task} step {step}"
+        )
+    table = split.get("task_table", "voc")
+    seen, old, new = report_classes(task, step, table)
+    if num_outputs != len(seen):
+        raise ValueError(
+            f"{model_path}: {num_outputs} outputs, expected {len(seen)} seen classes of {task} step {step}"
+        )
+    return task, step, table, seen, old, new
 
 
 def start_run(args: argparse.Namespace) -> tuple[dict, dict, torch.device]:

@@ -15,11 +15,11 @@ from pathlib import Path
 from pipeline.data.datasets import step_dataset, val_ids
 from pipeline.data.tasks import class_name_in, eval_target_lut, task_steps
 from pipeline.data.transforms import EvalTransform
-from pipeline.eval.evaluate import evaluate_model, log, report_classes
+from pipeline.eval.evaluate import evaluate_model, log
 from pipeline.io import read_json, write_json, write_text
 from pipeline.metrics.miou import summarize
 from pipeline.models import load_model
-from pipeline.stages.common import set_threads, setup_logging
+from pipeline.stages.common import set_threads, setup_logging, split_classes_of_model
 from pipeline.train.loop import resolve_device
 
 
@@ -45,18 +45,7 @@ def run(args: argparse.Namespace) -> None:
     device = resolve_device(args.device)
     split = read_json(args.split)
     model, meta = load_model(args.model, device)
-    task, step = split["task"], split["step"]
-    if (meta.get("task"), meta.get("step")) != (task, step):
-        raise ValueError(
-            f"{args.model} is a model of task {meta.get('task')} step {meta.get('step')}, "
-            f"but {args.split} is task {task} step {step}"
-        )
-    table = split.get("task_table", "voc")
-    seen, old, new = report_classes(task, step, table)
-    if model.num_classes != len(seen):
-        raise ValueError(
-            f"{args.model}: {model.num_classes} outputs, expected {len(seen)} seen classes of {task} step {step}"
-        )
+    task, step, table, seen, old, new = split_classes_of_model(args.model, args.split, split, meta, model.num_classes)
     ids = val_ids(args.data, args.val_split)
     dataset = step_dataset(args.data, ids, EvalTransform(eval_target_lut(task, step, table)))
     log.info("evaluating %s on %d val images (%s step %d, %d classes)", args.model, len(ids), task, step, len(seen))

@@ -42,7 +42,7 @@ from pipeline.metrics.miou import ConfusionMatrix
 from pipeline.metrics.miou import summarize as summarize_miou
 from pipeline.models.instance import load_instance_model
 from pipeline.models.panoptic import CENTER_THRESHOLD, NMS_KERNEL, TOP_K, panoptic_instances
-from pipeline.stages.common import set_threads, setup_logging
+from pipeline.stages.common import set_threads, setup_logging, split_classes_of_model
 from pipeline.train.loop import resolve_device
 
 log = logging.getLogger("pipeline.stages.evaluate_instance")
@@ -147,16 +147,7 @@ def run(args: argparse.Namespace) -> None:
     device = resolve_device(args.device)
     split = read_json(args.split)
     model, meta = load_instance_model(args.model, device)
-    task, step = split["task"], int(split["step"])
-    if (meta.get("task"), meta.get("step")) != (task, step):
-        raise ValueError(
-            f"{args.model} is a model of task {meta.get('task')} step {meta.get('step')}, "
-            f"but {args.split} is task {task} step {step}"
-        )
-    table = split.get("task_table", "voc")
-    seen, old, new = report_classes(task, step, table)
-    if model.num_classes != len(seen):
-        raise ValueError(f"{args.model}: {model.num_classes} outputs, expected {len(seen)} seen classes")
+    task, step, table, seen, old, new = split_classes_of_model(args.model, args.split, split, meta, model.num_classes)
     ids = val_ids(args.data, args.val_split)
     log.info("evaluating %s on %d images (%s step %d)", args.model, len(ids), task, step)
     result, matrix = evaluate_instance_model(
