@@ -49,6 +49,7 @@ from pipeline.data.coco_classes import (
     VOC_COCO_IDS,
     voc_to_coco_lut,
 )
+from pipeline.data.parallel import index_in_order
 from pipeline.data.voc import DatasetError, VOCSegmentation, _decode, _image_size, _open, load_image
 from pipeline.io import atomic_path, read_json, write_json, write_text
 
@@ -514,17 +515,7 @@ def index_coco(
         label_root=Path(label_root) if label_root is not None else None,
         images=images,
     )
-    index: dict[str, dict] = {}
-    bar = tqdm(total=len(ids), desc=f"index {folder.name}", unit="img", disable=not progress, mininterval=1.0)
-    with bar, contextlib.ExitStack() as stack:
-        if workers > 0 and len(ids) > 1:
-            pool = stack.enter_context(multiprocessing.Pool(workers))
-            results = pool.imap(index_one, ids, chunksize=max(1, min(256, len(ids) // (8 * workers))))
-        else:
-            results = map(index_one, ids)
-        for entry in results:
-            index[entry.pop("id")] = entry
-            bar.update()
+    index = index_in_order(index_one, ids, workers, f"index {folder.name}", progress)
     if cache is not None:
         text = json.dumps({"provenance": provenance, "index": index}, separators=(",", ":"))
         write_text(cache, text + "\n")

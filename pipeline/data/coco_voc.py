@@ -38,17 +38,16 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
-import multiprocessing
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from tqdm import tqdm
 
 from pipeline.data import coco
 from pipeline.data.coco_classes import PAPER_ORDER, coco_to_paper_lut, voc_to_paper_lut
+from pipeline.data.parallel import index_in_order
 from pipeline.data.synthetic import generate
 from pipeline.data.voc import (
     IMAGE_DIR,
@@ -268,17 +267,7 @@ def assemble(
         out=out,
         images=images,
     )
-    index: dict[str, dict] = {}
-    bar = tqdm(total=len(items), desc="assemble coco-voc", unit="img", disable=not progress, mininterval=1.0)
-    with bar, contextlib.ExitStack() as stack:
-        if workers > 0 and len(items) > 1:
-            pool = stack.enter_context(multiprocessing.Pool(workers))
-            results = pool.imap(one, items, chunksize=max(1, min(256, len(items) // (8 * workers))))
-        else:
-            results = map(one, items)
-        for entry in results:
-            index[entry.pop("id")] = entry
-            bar.update()
+    index = index_in_order(one, items, workers, "assemble coco-voc", progress)
     splits = {"train": step0 + list(voc_train), "val": coco_val, "val_voc": list(voc_val)}
     for name, ids in splits.items():
         write_text(out / LISTS[name], "".join(f"{i}\n" for i in ids))

@@ -31,7 +31,6 @@ follows the code (and MiB): at least one current-class instance in both protocol
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import multiprocessing
 import os
@@ -42,9 +41,9 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from tqdm import tqdm
 
 from pipeline.data.classes import BACKGROUND, NUM_OBJECT_CLASSES, VOID, voc_palette
+from pipeline.data.parallel import index_in_order
 from pipeline.data.tasks import filter_ids
 from pipeline.data.voc import (
     IMAGE_DIR,
@@ -281,18 +280,7 @@ def index_instances(
         instance_dir=resolve_instance_dir(root, instance_dir),
         images=images,
     )
-    index: dict[str, dict] = {}
-    bar = tqdm(total=len(ids), desc=f"instances {root.name}", unit="img", disable=not progress, mininterval=1.0)
-    with bar, contextlib.ExitStack() as stack:
-        if workers > 0:
-            pool = stack.enter_context(multiprocessing.Pool(workers))
-            results = pool.imap(check, ids, chunksize=max(1, min(256, len(ids) // (8 * workers))))
-        else:
-            results = map(check, ids)
-        for item in results:
-            index[item.pop("id")] = item
-            bar.update()
-    return index
+    return index_in_order(check, ids, workers, f"instances {root.name}", progress)
 
 
 def filter_instance_ids(

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
-import multiprocessing
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -19,9 +18,9 @@ from pathlib import Path
 import numpy as np
 import torch.utils.data
 from PIL import Image, ImageFile, UnidentifiedImageError
-from tqdm import tqdm
 
 from pipeline.data.classes import NUM_OBJECT_CLASSES, VOID
+from pipeline.data.parallel import index_in_order
 
 IMAGE_DIR = "JPEGImages"
 MASK_DIRS = ("SegmentationClassAug", "SegmentationClass")
@@ -314,19 +313,7 @@ def index_dataset(
     root = Path(root)
     masks = resolve_mask_dir(root, mask_dir)
     check = functools.partial(check_pair, root, mask_dir=masks, images=images)
-    bar = tqdm(total=len(ids), desc=f"index {root.name}", unit="img", disable=not progress, mininterval=1.0)
-    index: dict[str, dict] = {}
-    with bar, contextlib.ExitStack() as stack:
-        if workers > 0:
-            pool = stack.enter_context(multiprocessing.Pool(workers))
-            chunk = max(1, min(256, len(ids) // (8 * workers)))
-            results = pool.imap(check, ids, chunksize=chunk)
-        else:
-            results = map(check, ids)
-        for item in results:
-            index[item.pop("id")] = item
-            bar.update()
-    return index
+    return index_in_order(check, ids, workers, f"index {root.name}", progress)
 
 
 class VOCSegmentation(torch.utils.data.Dataset):
