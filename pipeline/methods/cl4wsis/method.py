@@ -59,12 +59,8 @@ from pipeline.methods.pixel.losses import pixel_binary_cross_entropy
 from pipeline.methods.registry import MethodSpec, register_method
 from pipeline.methods.wilson.losses import (
     classification_loss,
-    feature_distillation_loss,
     localization_prior_loss,
     restrict_to_image_labels,
-    segmentation_loss,
-    soft_pseudo_labels,
-    wilson_target,
 )
 from pipeline.methods.wilson.method import Wilson
 from pipeline.models.instance import InstanceSegmenter
@@ -232,19 +228,8 @@ class Phase1(Wilson):
             return losses
         with torch.no_grad():
             plain = self._eval_scores(features) if self.eval_mode else scores.detach()
-            masks = F.interpolate(plain, size=old_logits.shape[-2:], mode="bilinear", align_corners=False).softmax(
-                dim=1
-            )
-            if self.restrict_to_labels:
-                masks = restrict_to_image_labels(masks, labels)
-            target = wilson_target(soft_pseudo_labels(masks, self.alpha), old_logits, new)  # WILSON Eq. 5-7
-        losses["seg"] = segmentation_loss(out["out"].float(), target, valid=batch["valid"])
-        if self.self_sup:
-            losses["self_sup"] = self._self_supervision(batch, scores, plain, labels)
-        if self.feature_kd_weight > 0:
-            losses["feature_kd"] = self.feature_kd_weight * feature_distillation_loss(
-                out["features"].float(), old["features"].float()
-            )
+            target = self.pseudo_label_target(plain, labels, old_logits)  # WILSON Eq. 5-7
+        losses |= self.student_losses(batch, out, old, target, scores, plain, labels)
         if self.random_dropout:
             with torch.no_grad():  # P from the label-masked sigmoid of the eval-mode Decoder (authors')
                 reference = restrict_to_image_labels(torch.sigmoid(plain), labels)

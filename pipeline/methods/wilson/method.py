@@ -249,14 +249,33 @@ class Wilson(OldModelMethod):
                     raise KeyError(f"wilson with pixel_labels={self.pixel_labels!r} needs batch['gt'] (its dataset())")
                 target = pixel_label_target(batch["gt"], old_logits, self.context.new_classes, self.pixel_labels)
             else:
-                masks = F.interpolate(plain, size=old_logits.shape[-2:], mode="bilinear", align_corners=False).softmax(
-                    dim=1
-                )  # m: (B, |Y^t|, H, W)
-                if self.restrict_to_labels:  # before Eq. 5: the argmax picks background or a labelled class
-                    masks = restrict_to_image_labels(masks, labels)
-                pseudo = soft_pseudo_labels(masks, self.alpha)  # Eq. 5-6
-                target = wilson_target(pseudo, old_logits, self.context.new_classes)  # Eq. 7
-        losses["seg"] = segmentation_loss(out["out"].float(), target, valid=batch["valid"])
+                target = self.pseudo_label_target(plain, labels, old_logits)
+        return losses | self.student_losses(batch, out, old, target, scores, plain, labels)
+
+    def pseudo_label_target(self, plain: Tensor, labels: Tensor, old_logits: Tensor) -> Tensor:
+        """The segmentation target of WILSON Eq. 5-7 from the localizer's scores (no gradient).
+
+        Args:
+            plain: (B, |Y^t|, h, w) float localizer scores z.
+            labels: (B, |Y^t|) float image-level labels in {0, 1}.
+            old_logits: (B, |Y^t-1|, H, W) float logits of the step t-1 model.
+        Returns:
+            (B, |Y^t|, H, W) float target in [0, 1].
+        """
+        masks = F.interpolate(plain, size=old_logits.shape[-2:], mode="bilinear", align_corners=False).softmax(dim=1)
+        if self.restrict_to_labels:  # before Eq. 5: the argmax picks background or a labelled class
+            masks = restrict_to_image_labels(masks, labels)
+        pseudo = soft_pseudo_labels(masks, self.alpha)  # Eq. 5-6
+        return wilson_target(pseudo, old_logits, self.context.new_classes)  # Eq. 7
+
+    def student_losses(
+        self, batch: dict, out: dict, old: dict, target: Tensor, scores: Tensor, plain: Tensor, labels: Tensor
+    ) -> dict[str, Tensor]:
+        """The segmenter's terms after the warm-up: ``seg`` (the BCE to ``target``), ``self_sup``
+        (the localizer's PAMR self-supervision, when on) and ``feature_kd`` (MSE of the encoder
+        features to the old model's, when weighted); ``out``/``old``: the current and the step
+        t-1 model's outputs, ``scores``/``plain``: the localizer's scores with / without gradient."""
+        losses = {"seg": segmentation_loss(out["out"].float(), target, valid=batch["valid"])}
         if self.self_sup:
             losses["self_sup"] = self._self_supervision(batch, scores, plain, labels)
         if self.feature_kd_weight > 0:
