@@ -1,7 +1,7 @@
 """Fault injection (issue 14, part 3): the WILSS_FAULT kill points, the harness's file checks, and
 SIGKILL + re-run of the tiny DAG's stages (pipeline/devtools/faults.py; docs/reliability.md).
 
-The reduced set kills one stage of each family — the training loop (train_base, in the middle:
+The reduced set (marked long, as the full set) kills one stage of each family — the training loop (train_base, in the middle:
 after the first epoch's checkpoint), an HDF5 cache (memory_bank, while writing an instance's
 group) and evaluate (early, an external SIGKILL) — so the three points are covered once. The
 full set (every stage × early/middle/writing, as scripts/fault_harness.py runs it) is marked long.
@@ -182,6 +182,7 @@ def reduced_set(harness: Harness) -> list[Fault]:
     ]
 
 
+@pytest.mark.long  # a reference DAG and three re-runs, ~1 min: pytest -m long
 def test_reduced_set_recovers_to_the_reference(harness):
     chosen = reduced_set(harness)
     harness.reference(f.rerun_target for f in chosen)

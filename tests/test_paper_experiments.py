@@ -323,6 +323,7 @@ def test_paper_tables_layouts_rows_and_mean_std_over_seeds():
 
 
 # --------------------------------------------------------------------------- the DAG
+@pytest.mark.long  # a tiny DAG with five variants, ~40 s: pytest -m long
 def test_tiny_dag_runs_the_papers_variants_and_reports_their_tables(tmp_path):
     (tmp_path / "fast.yaml").write_text(
         "methods: {fmwiss: {warmup_epochs: 1}}\ntrain_step: {batch_size: 4}\nmemory: {per_class: 5, min_area: 4, seed: 0}\n"

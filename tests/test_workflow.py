@@ -97,6 +97,7 @@ def test_missing_voc_root_fails_with_a_hint_and_no_output(tmp_path):
     assert not (tmp_path / "results/voc/dataset.json").exists()
 
 
+@pytest.mark.long  # a three-step DAG, ~45 s: pytest -m long
 def test_chained_multistep_run(tmp_path):
     """10-5-5 overlap: step 1 starts from the base model, step 2 from step 1 of the same method."""
     overlays = [
@@ -138,6 +139,7 @@ WEAK = [
 ]
 
 
+@pytest.mark.long  # every weak method through a tiny DAG, ~2 min: pytest -m long
 def test_weak_methods_run_and_read_time_settings_do_not_rerun_coseg(tmp_path):
     """FMWISS (clip + oracle masks, memory bank grown at step 1) and the CAM baselines over two
     steps; then changing the fusion re-runs training, not the foundation models."""
