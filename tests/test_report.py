@@ -513,3 +513,33 @@ def test_summary_order_of_a_long_task():
     ]
     order = [(t.dataset, t.task, t.step) for t in summary_order(tables)]
     assert order == [("ade", "100-50", 1), ("ade", "100-50", 0)] + [("voc", "15-1", t) for t in (5, 1, 2, 3, 4, 0)]
+
+
+def _cam_quality(root: Path, cam: str, protocol: str, seed: int, **entries) -> Path:
+    """A ``pseudo_labels`` quality JSON at its place in the results layout."""
+    path = root / f"demo/15-5-{protocol}/seed{seed}/step1/pseudo/{cam}_quality.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"miou": 0.5, "contour_f": 0.4, "n_images": 3, **entries}))
+    return path
+
+
+def test_learned_table_shows_the_codebook_drift_and_learned_scalars(tmp_path):
+    from pipeline.report.pseudo_quality import learned_tables
+
+    drift = lambda change, norm: {"codebook": {"norm_initial": norm, "norm_final": 2.0, "relative_change": change}}  # noqa: E731
+    paths = [
+        _cam_quality(tmp_path, "vwe", "overlap", 0, parameter_drift=drift(0.30, 4.0), learned={}),
+        _cam_quality(tmp_path, "vwe", "overlap", 1, parameter_drift=drift(0.50, 6.0), learned={}),
+        _cam_quality(tmp_path, "vwe", "disjoint", 0, parameter_drift=drift(0.10, 4.0), learned={}),
+        _cam_quality(tmp_path, "iscam", "overlap", 0, parameter_drift={}, learned={"sigma": 5.0, "mu": 2.5}),
+        _cam_quality(tmp_path, "cam", "overlap", 0),  # a model saved before the drift was recorded: no row
+    ]
+    (table,) = learned_tables(paths)
+    assert table["title"] == "What the CAM networks learned, demo 15-5, step 1"
+    assert table["header"] == ["Method", "Quantity", "Disjoint", "Overlap"]
+    rows = {(r[0], r[1]): r[2:] for r in table["rows"]}
+    # two overlap seeds: mean 40.0 %, sample std sqrt(((30-40)² + (50-40)²) / 1) = 14.1 %
+    assert rows[("VWE", "codebook: ‖P − P₀‖ / ‖P₀‖ (%)")] == ["10.0", "40.0 ± 14.1"]
+    assert rows[("VWE", "codebook: ‖P₀‖")] == ["4", "5 ± 1.41"]
+    assert rows[("IS-CAM", "sigma")] == ["–", "5"] and rows[("IS-CAM", "mu")] == ["–", "2.5"]
+    assert not any(method == "CAM" for method, _ in rows)

@@ -13,8 +13,9 @@ from pipeline.__main__ import main
 from pipeline.cache import CacheError, CacheWriter, open_cache
 from pipeline.io import read_json
 from pipeline.stages.train_cam import channel_labels
+from pipeline.train.loop import seed_everything
 from pipeline.wsss import expected_provenance, read_pseudo_label
-from pipeline.wsss.networks import build_cam_model, load_cam_model, save_cam_model
+from pipeline.wsss.networks import build_cam_model, load_cam_model, parameter_drift, save_cam_model
 from pipeline.wsss.pseudo_labels import (
     condition_on_labels,
     multiscale_cams,
@@ -83,6 +84,25 @@ def test_save_and_load_rebuild_the_same_network(tmp_path):
     (tmp_path / "bad.pt").write_bytes(b"not a model")
     with pytest.raises(ValueError, match="bad.pt"):
         load_cam_model(tmp_path / "bad.pt")
+
+
+def test_parameter_drift_by_hand():
+    initial = {"codebook": torch.tensor([[3.0, 4.0]]), "w": torch.tensor([1.0, 0.0])}
+    final = {"codebook": torch.tensor([[3.0, 0.0]]), "w": torch.tensor([1.0, 0.0])}
+    drift = parameter_drift(initial, final)
+    # ‖(3, 4)‖ = 5, ‖(3, 0)‖ = 3, ‖(0, -4)‖ / 5 = 0.8; w unchanged
+    assert drift == {
+        "codebook": {"norm_initial": 5.0, "norm_final": 3.0, "relative_change": 0.8},
+        "w": {"norm_initial": 1.0, "norm_final": 1.0, "relative_change": 0.0},
+    }
+    assert build_cam_model("vwe", NET, 2).tracked_parameters().keys() == {"codebook"}
+    assert build_cam_model("cam", NET, 2).tracked_parameters() == {}
+    with pytest.raises(ValueError, match="names differ"):
+        parameter_drift(initial, {"codebook": final["codebook"]})
+    with pytest.raises(ValueError, match=r"w has shape \(2,\) → \(1, 2\)"):
+        parameter_drift(initial, {**final, "w": torch.zeros(1, 2)})
+    with pytest.raises(ValueError, match="all zeros"):
+        parameter_drift({"w": torch.zeros(2)}, {"w": torch.ones(2)})
 
 
 def test_multiscale_cams_average_scales_and_flips():
@@ -308,6 +328,19 @@ def test_train_cam_then_pseudo_labels(step1, cam):
     assert (meta["cam"], meta["step"], meta["new_classes"], meta["num_classes"]) == (cam, 1, [16, 17, 18, 19, 20], 5)
     if cam == "iscam":
         assert set(meta["learned"]) == {"sigma", "mu"}
+    if cam == "vwe":
+        # independent expectation: the codebook of a network built as the stage builds it (seeded)
+        # against the trained one, norms computed here
+        seed_everything(meta["seed"])
+        initial = build_cam_model(cam, CAMS[cam], 5).codebook.detach().double()
+        trained = _net.codebook.detach().double()
+        drift = meta["parameter_drift"]["codebook"]
+        assert drift["norm_initial"] == pytest.approx(initial.norm().item(), rel=1e-9)
+        assert drift["norm_final"] == pytest.approx(trained.norm().item(), rel=1e-9)
+        assert drift["relative_change"] == pytest.approx(((trained - initial).norm() / initial.norm()).item(), rel=1e-9)
+        assert drift["relative_change"] > 0  # the summed Eq. 4 lets the codebook learn
+    else:
+        assert meta["parameter_drift"] == {}
 
     out = root / "pseudo"
     _pseudo_labels(root, split_path, cam, out)
@@ -324,6 +357,7 @@ def test_train_cam_then_pseudo_labels(step1, cam):
             assert list(reader.attrs(image_id)["classes"]) == sorted(split["labels"][image_id])
     quality = read_json(out / f"{cam}_quality.json")
     assert quality["contour_tolerance"] == 0.008
+    assert (quality["learned"], quality["parameter_drift"]) == (meta["learned"], meta["parameter_drift"])
     assert quality["n_images"] == len(split["ids"]) and 0.0 <= quality["miou"] <= 1.0
     assert 0.0 <= quality["contour_f"] <= 1.0
     assert list(quality["per_class_iou"]) == ["background", "pottedplant", "sheep", "sofa", "train", "tvmonitor"]

@@ -292,6 +292,7 @@ def build_report(
     extra_tables = [
         ("Ablations", ablation.ablation_tables(runs, variants or {})),
         ("Pseudo-label quality", pseudo_quality.quality_tables(quality)),
+        ("What the CAM networks learned", pseudo_quality.learned_tables(quality)),
     ]
     for heading, tables in extra_tables:
         _write_extra_tables(report, heading, tables)

@@ -16,8 +16,10 @@ from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
+
 from pipeline.io import read_json
-from pipeline.report.runs import format_cell, method_label, method_sort_key, protocol_sort_key
+from pipeline.report.runs import MISSING, format_cell, method_label, method_sort_key, protocol_sort_key
 
 _COSEG = re.compile(
     r"(?P<dataset>[^/]+)/(?P<task>\d+(?:-\d+)+|coco-voc)-(?P<protocol>[a-z]+)/step(?P<step>\d+)/coseg/quality/(?P<method>[a-z0-9_]+)\.json$"
@@ -123,4 +125,67 @@ def quality_tables(paths: Sequence[str | Path]) -> list[dict]:
     return tables
 
 
-__all__ = ["VARIANTS", "load_quality", "quality_tables"]
+def _format_values(values: Sequence[float], percent: bool) -> str:
+    """Seeds' values → ``"31.2"`` / ``"31.2 ± 0.4"`` (``percent``: fractions as %), or 3
+    significant digits (``"5.00"``, ``"1.2e-05"``) for raw scalars."""
+    vals = np.array(values, dtype=np.float64) * (100.0 if percent else 1.0)
+    if vals.size == 0:
+        return MISSING
+    text = (lambda v: f"{v:.1f}") if percent else (lambda v: f"{v:.3g}")
+    if vals.size == 1:
+        return text(vals[0])
+    return f"{text(vals.mean())} ± {text(vals.std(ddof=1))}"
+
+
+def learned_tables(paths: Sequence[str | Path]) -> list[dict]:
+    """What each CAM network learned, from the ``learned`` and ``parameter_drift`` entries that the
+    ``pseudo_labels`` stage copies from the model's meta into its quality JSON: per (dataset,
+    task, step), rows (method, quantity), one column per protocol, seeds as mean ± std.
+
+    - ``parameter_drift``: ‖P − P₀‖ / ‖P₀‖ in % of the initial norm (VWE's codebook: it learns
+      only through Eq. 4's word-frequency term, so ~0 means the word branch does not train) and
+      the norms ‖P₀‖ → ‖P‖.
+    - ``learned``: the objective's learned scalars as they are (IS-CAM's σ, μ).
+
+    Quality JSONs of co-segmentation, or of models saved before the drift was recorded, have
+    neither and give no row. Returns ``[{"title", "stem", "header", "rows"}]``.
+    """
+    cells: dict[tuple, dict[tuple, list[float]]] = defaultdict(lambda: defaultdict(list))
+    protocols: dict[tuple, set] = defaultdict(set)
+    for path in paths:
+        match = _PSEUDO.search(Path(path).as_posix())
+        if match is None:
+            continue
+        where = match.groupdict()
+        key = (where["dataset"], where["task"], int(where["step"]))
+        data = read_json(path)
+        method, protocol = where["method"], where["protocol"]
+        for name, entry in sorted(data.get("parameter_drift", {}).items()):
+            cells[key][(method, f"{name}: ‖P − P₀‖ / ‖P₀‖ (%)", True, protocol)].append(entry["relative_change"])
+            cells[key][(method, f"{name}: ‖P₀‖", False, protocol)].append(entry["norm_initial"])
+            cells[key][(method, f"{name}: ‖P‖", False, protocol)].append(entry["norm_final"])
+            protocols[key].add(protocol)
+        for name, value in sorted(data.get("learned", {}).items()):
+            cells[key][(method, name, False, protocol)].append(float(value))
+            protocols[key].add(protocol)
+    tables = []
+    for key in sorted(cells):
+        dataset, task, step = key
+        columns = sorted(protocols[key], key=protocol_sort_key)
+        quantities = sorted({(m, q, pct) for m, q, pct, _ in cells[key]}, key=lambda r: method_sort_key(r[0]))
+        rows = [
+            [method_label(m), q, *(_format_values(cells[key].get((m, q, pct, p), []), pct) for p in columns)]
+            for m, q, pct in quantities
+        ]
+        tables.append(
+            {
+                "title": f"What the CAM networks learned, {dataset} {task}, step {step}",
+                "stem": f"cam_learned_{dataset}_{task}_step{step}".replace("-", "_"),
+                "header": ["Method", "Quantity", *(p.capitalize() for p in columns)],
+                "rows": rows,
+            }
+        )
+    return tables
+
+
+__all__ = ["VARIANTS", "learned_tables", "load_quality", "quality_tables"]

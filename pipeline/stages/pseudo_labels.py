@@ -97,6 +97,9 @@ def run(args: argparse.Namespace) -> None:
             "step": split["step"],
             "classes": [0, *split["new_classes"]],
             "contour_tolerance": tolerance,
+            # what the CAM network learned, for the report (VWE's codebook drift, IS-CAM's σ, μ)
+            "learned": meta.get("learned", {}),
+            "parameter_drift": meta.get("parameter_drift", {}),
             **result,
         },
     )

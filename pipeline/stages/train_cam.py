@@ -30,7 +30,7 @@ from pipeline.data.transforms import TrainTransform
 from pipeline.stages.common import add_run_arguments, start_run
 from pipeline.train.distributed import SINGLE
 from pipeline.train.loop import LoopConfig, Trainer, fingerprint, seed_everything
-from pipeline.wsss.networks import build_cam_model, save_cam_model
+from pipeline.wsss.networks import build_cam_model, parameter_drift, save_cam_model
 from pipeline.wsss.objectives import CAM_OBJECTIVES, build_cam_objective
 
 log = logging.getLogger("pipeline.stages.train_cam")
@@ -95,8 +95,10 @@ def select_train_section(train: dict, cam: str) -> dict:
 def train_cam_and_save(
     net, objective, dataset, train: dict, args: argparse.Namespace, device, meta: dict, tag: str
 ) -> list[dict]:
-    """Run the shared loop (no validation pass), write ``model.pt`` with ``meta`` (and the learned
-    loss parameters of the objective, if any) and drop the checkpoint; returns the history.
+    """Run the shared loop (no validation pass), write ``model.pt`` with ``meta`` (the learned
+    loss parameters of the objective, if any, and the drift of the network's tracked parameters
+    from their initial values, :func:`pipeline.wsss.networks.parameter_drift`) and drop the
+    checkpoint; returns the history.
 
     The CAM counterpart of :func:`pipeline.stages.common.train_and_save`, which saves Segmenters.
     """
@@ -114,6 +116,8 @@ def train_cam_and_save(
     )
     outdir = Path(args.outdir)
     world = getattr(args, "world", SINGLE)
+    # the network is built seeded, so a resumed run takes the same initial values
+    initial = {name: p.detach().to("cpu", copy=True) for name, p in net.tracked_parameters().items()}
     trainer = Trainer(net, objective, dataset, cfg, outdir, device, workers=args.workers, tag=tag, world=world)
     history = trainer.fit()
     if not world.is_main:  # rank 0 writes the model
@@ -126,6 +130,7 @@ def train_cam_and_save(
             "seed": args.seed,
             "train": train,
             "learned": objective.learned(),
+            "parameter_drift": parameter_drift(initial, net.tracked_parameters()),
             "final_loss": history[-1]["loss"] if history else None,
         },
     )

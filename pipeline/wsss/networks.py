@@ -99,6 +99,11 @@ class _CamBase(nn.Module):
         every other parameter belongs to the backbone."""
         return [p for name, p in self.named_parameters() if not name.startswith("backbone.")]
 
+    def tracked_parameters(self) -> dict[str, Tensor]:
+        """Parameters whose movement from their initial values the CAM stage records beside the
+        model (:func:`parameter_drift`), by name. Default: none."""
+        return {}
+
 
 class CamNet(_CamBase):
     """CAM (Zhou et al. CVPR 2016): GAP → dropout → bias-free 1×1 classifier (EPS' resnet38_cls).
@@ -232,6 +237,11 @@ class VweNet(_CamBase):
     def num_words(self) -> int:
         return self.codebook.shape[0]
 
+    def tracked_parameters(self) -> dict[str, Tensor]:
+        """The codebook C (k, d): it learns only through the word-frequency term (Eq. 4), so its
+        drift from the initial values shows whether the word branch trains at all."""
+        return {"codebook": self.codebook}
+
     def word_maps(self, features: Tensor) -> Tensor:
         """(B, d, h, w) F → (B, k, h, w) word probabilities P (Eq. 1-2)."""
         source = features.detach() if self.detach_word_features else features
@@ -298,6 +308,37 @@ VWE_KEYS = (
     "detach_after_stage",
     "cams_from",
 )
+
+
+def parameter_drift(initial: dict[str, Tensor], final: dict[str, Tensor]) -> dict[str, dict[str, float]]:
+    """How far each tracked parameter moved in training: ``{name: {"norm_initial", "norm_final",
+    "relative_change"}}`` with the Frobenius norms ‖P₀‖, ‖P‖ and ‖P − P₀‖ / ‖P₀‖ (a fraction,
+    0 = unchanged; computed in float64 on the CPU).
+
+    Args:
+        initial, final: the same names, each a tensor of the same shape (any dtype and device).
+
+    Raises:
+        ValueError: the names or a shape differ, or an initial tensor is all zeros (no relative
+            change).
+    """
+    if set(initial) != set(final):
+        raise ValueError(f"parameter_drift: names differ, {sorted(initial)} vs {sorted(final)}")
+    drift = {}
+    for name in sorted(initial):
+        before = initial[name].detach().to("cpu", torch.float64)
+        after = final[name].detach().to("cpu", torch.float64)
+        if before.shape != after.shape:
+            raise ValueError(f"parameter_drift: {name} has shape {tuple(before.shape)} → {tuple(after.shape)}")
+        norm = float(torch.linalg.vector_norm(before))
+        if norm == 0.0:
+            raise ValueError(f"parameter_drift: {name} is all zeros initially, no relative change")
+        drift[name] = {
+            "norm_initial": norm,
+            "norm_final": float(torch.linalg.vector_norm(after)),
+            "relative_change": float(torch.linalg.vector_norm(after - before)) / norm,
+        }
+    return drift
 
 
 def build_cam_model(name: str, cfg: dict, num_classes: int) -> _CamBase:
@@ -396,4 +437,13 @@ def load_cam_model(path: str | Path, device: str | torch.device = "cpu") -> tupl
     return net.to(device).eval(), meta
 
 
-__all__ = ["CAM_NETWORKS", "CamNet", "IsCamNet", "VweNet", "build_cam_model", "load_cam_model", "save_cam_model"]
+__all__ = [
+    "CAM_NETWORKS",
+    "CamNet",
+    "IsCamNet",
+    "VweNet",
+    "build_cam_model",
+    "load_cam_model",
+    "parameter_drift",
+    "save_cam_model",
+]
