@@ -347,7 +347,7 @@ def test_tiny_dag_runs_the_papers_variants_and_reports_their_tables(tmp_path):
     assert set(f30["ids"]) < set(f50["ids"]) < set(standard["ids"])
     assert f30["data_fraction"]["kept"] == fraction_size(len(standard["ids"]), 0.3) == len(f30["ids"])
     run = tmp_path / "results/demo/15-5-overlap/seed0/step1"
-    meta = torch.load(run / "wilson_relaxed/model.pt", weights_only=False)["meta"]
+    meta = torch.load(run / "wilson_relaxed/model.pt", weights_only=True)["meta"]
     assert meta["method_cfg"]["relaxed"] is True and meta["method_cfg"]["method"] == "wilson"
     for method in PAPERS["experiments"]["methods"]:
         assert read_json(run / f"{method}/metrics.json")["method"] == method

@@ -75,7 +75,7 @@ def _train_cmd(tiny: Path, outdir: Path) -> list[str]:
 
 
 def _weights(path: Path) -> dict:
-    return torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
+    return torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
 
 
 def _evaluate(tiny: Path, run: Path) -> dict:
@@ -122,13 +122,17 @@ def test_sigkill_then_rerun_resumes_and_matches_uninterrupted_run(tiny, straight
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     # nothing that looks finished is left behind
-    assert not (killed / "model.pt").exists()
-    done_epochs = torch.load(killed / "checkpoint.pt", weights_only=False)["epoch"] + 1
+    assert not (killed / "model.pt").exists() and not (killed / "history.csv").exists()
+    done_epochs = torch.load(killed / "checkpoint.pt", weights_only=True)["epoch"] + 1
     assert 1 <= done_epochs < PARAMS["train"]["epochs"]
+    # the learning curve so far: written before each checkpoint, so the kill may fall between the two
+    partial_rows = len((killed / "history.partial.csv").read_text().splitlines()) - 1
+    assert partial_rows in (done_epochs, done_epochs + 1)
 
     resumed = subprocess.run(_train_cmd(tiny, killed), check=True, capture_output=True, text=True)
     assert f"resumed from {killed / 'checkpoint.pt'} after epoch {done_epochs}" in resumed.stderr
     assert not (killed / "checkpoint.pt").exists()  # removed once model.pt is written
+    assert not (killed / "history.partial.csv").exists()  # renamed history.csv at the end
 
     a, b = _weights(straight / "model.pt"), _weights(killed / "model.pt")
     assert a.keys() == b.keys()

@@ -121,7 +121,7 @@ def test_chained_multistep_run(tmp_path):
     runs = tmp_path / "results/demo/10-5-5-overlap/seed0"
     for method in ("ft", "wilson"):
         for step, previous in ((1, "step0/base"), (2, f"step1/{method}")):
-            meta = torch.load(runs / f"step{step}/{method}/model.pt", weights_only=False)["meta"]
+            meta = torch.load(runs / f"step{step}/{method}/model.pt", weights_only=True)["meta"]
             assert meta["previous"] == f"results/demo/10-5-5-overlap/seed0/{previous}/model.pt"
             assert meta["classes_per_step"] == [11, 5, 5][: step + 1]
             metrics = read_json(runs / f"step{step}/{method}/metrics.json")

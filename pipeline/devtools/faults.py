@@ -99,7 +99,7 @@ CACHE_DATASETS = {
     "*/pseudo/*.h5": {"cams", "label"},
 }
 #: Names that are never final: temporaries of atomic writes, unfinished caches, set-aside checkpoints.
-TEMPORARY = re.compile(r"\.tmp-\d+(\.|$)|\.partial\.h5$|\.unreadable$")
+TEMPORARY = re.compile(r"\.tmp-\d+(\.|$)|\.partial\.(h5|csv)$|\.unreadable$")
 _RESUMED = re.compile(r"resumed from (\S*checkpoint\.pt) after epoch (\d+)/(\d+)")
 _EPOCH = re.compile(r"INFO pipeline\.train\.loop: epoch (\d+)/(\d+) ")
 _CACHED = re.compile(r"resuming, (\d+) images already cached")

@@ -219,6 +219,8 @@ class Trainer:
         log.info("precision: %s", self.precision.reason)
         self.checkpoint_path = self.run_dir / "checkpoint.pt"
         self.history_path = self.run_dir / "history.csv"
+        # the learning curve so far, rewritten after each epoch; history.csv appears only at the end
+        self.progress_path = self.run_dir / "history.partial.csv"
         settings = {k: v for k, v in asdict(cfg).items() if k != "tensorboard"}  # logging only, not the result
         if cfg.optimizer == "sgd":  # the default: fingerprints of the runs before the option stay valid
             settings.pop("optimizer")
@@ -423,8 +425,9 @@ class Trainer:
         finally:
             if board is not None:
                 board.close()
-        if self.start_epoch >= self.cfg.epochs and self.world.is_main:
+        if self.world.is_main:
             write_history(self.history_path, self.history)
+            self.progress_path.unlink(missing_ok=True)
         return self.history
 
     def _fit_epochs(self, board: TensorBoardLog | None) -> None:
@@ -455,7 +458,7 @@ class Trainer:
                         f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items() if k != "epoch"
                     ),
                 )
-                write_history(self.history_path, self.history)
+                write_history(self.progress_path, self.history)
             self.save_checkpoint(epoch)
 
     def remove_checkpoint(self) -> None:
@@ -483,7 +486,8 @@ def fit(
         objective: the method's losses (:class:`pipeline.objective.Objective`).
         dataset: yields transformed samples (``image`` float (3, H, W), the method's keys).
         cfg: optimisation settings.
-        run_dir: where ``checkpoint.pt`` and ``history.csv`` are written (by rank 0).
+        run_dir: where ``checkpoint.pt`` and ``history.csv`` are written (by rank 0); the history
+            so far is ``history.partial.csv`` after each epoch, renamed ``history.csv`` at the end.
         device: from :func:`resolve_device` (per process: :func:`pipeline.train.distributed.init_distributed`).
         workers: DataLoader worker processes (per process).
         validate: optional callback ``model -> {"val_miou": float, ...}`` added to the history (rank 0).
