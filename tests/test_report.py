@@ -537,6 +537,12 @@ def test_learned_table_shows_the_codebook_drift_and_learned_scalars(tmp_path):
     (table,) = learned_tables(paths)
     assert table["title"] == "What the CAM networks learned, demo 15-5, step 1"
     assert table["header"] == ["Method", "Quantity", "Disjoint", "Overlap"]
+    # the drift first, then the norms it is relative to
+    assert [r[1] for r in table["rows"] if r[0] == "VWE"] == [
+        "codebook: ‖P − P₀‖ / ‖P₀‖ (%)",
+        "codebook: ‖P₀‖",
+        "codebook: ‖P‖",
+    ]
     rows = {(r[0], r[1]): r[2:] for r in table["rows"]}
     # two overlap seeds: mean 40.0 %, sample std sqrt(((30-40)² + (50-40)²) / 1) = 14.1 %
     assert rows[("VWE", "codebook: ‖P − P₀‖ / ‖P₀‖ (%)")] == ["10.0", "40.0 ± 14.1"]

@@ -292,11 +292,11 @@ def build_report(
     extra_tables = [
         ("Ablations", ablation.ablation_tables(runs, variants or {})),
         ("Pseudo-label quality", pseudo_quality.quality_tables(quality)),
-        ("What the CAM networks learned", pseudo_quality.learned_tables(quality)),
     ]
     for heading, tables in extra_tables:
         _write_extra_tables(report, heading, tables)
     _example_figures(report, examples)
+    _write_extra_tables(report, "What the CAM networks learned", pseudo_quality.learned_tables(quality))
     # WILSON Table 5 (relaxed labels), FMWISS Tables 9 (pixel vs image labels) and 10 (data fraction)
     _write_extra_tables(report, "The papers' remaining experiments", paper_tables(runs, settings or {}))
     _confusion_section(report, runs)  # issue 18

@@ -172,7 +172,10 @@ def learned_tables(paths: Sequence[str | Path]) -> list[dict]:
     for key in sorted(cells):
         dataset, task, step = key
         columns = sorted(protocols[key], key=protocol_sort_key)
-        quantities = sorted({(m, q, pct) for m, q, pct, _ in cells[key]}, key=lambda r: method_sort_key(r[0]))
+        # methods in the report's order, each method's quantities in the order they were recorded
+        quantities = sorted(
+            dict.fromkeys((m, q, pct) for m, q, pct, _ in cells[key]), key=lambda r: method_sort_key(r[0])
+        )
         rows = [
             [method_label(m), q, *(_format_values(cells[key].get((m, q, pct, p), []), pct) for p in columns)]
             for m, q, pct in quantities
