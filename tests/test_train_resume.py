@@ -171,3 +171,21 @@ def test_metrics_agree_with_saved_predictions(tiny, straight):
     old = [c for c in range(1, 16) if valid[c]]
     assert metrics["miou_old"] == pytest.approx(float(iou[old].mean()))
     assert metrics["miou_new"] is None
+
+
+def test_validation_does_not_change_what_is_trained(tiny, tmp_path):
+    """A validation pass draws from the global RNG (the DataLoader's base seed); the loop keeps the
+    training RNG as it was, so ``eval_every`` changes the learning curve only, not the weights
+    (dropout masks of the next epochs included)."""
+    runs = {}
+    for every in (0, 1):
+        train = {**PARAMS["train"], "epochs": 2, "eval_every": every, "tensorboard": True}
+        params = {**PARAMS, "train": train}
+        command = _train_cmd(tiny, tmp_path / f"every{every}")
+        command[command.index("--params") + 1] = json.dumps(params)
+        subprocess.run(command, check=True, capture_output=True)
+        runs[every] = _weights(tmp_path / f"every{every}" / "model.pt")
+    assert "val_miou" in (tmp_path / "every1" / "history.csv").read_text().splitlines()[0]
+    assert runs[0].keys() == runs[1].keys()
+    for key in runs[0]:
+        assert torch.equal(runs[0][key], runs[1][key]), key
