@@ -16,10 +16,8 @@ from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
-
 from pipeline.io import read_json
-from pipeline.report.runs import MISSING, format_cell, method_label, method_sort_key, protocol_sort_key
+from pipeline.report.runs import format_cell, method_label, method_sort_key, protocol_sort_key
 
 _COSEG = re.compile(
     r"(?P<dataset>[^/]+)/(?P<task>\d+(?:-\d+)+|coco-voc)-(?P<protocol>[a-z]+)/step(?P<step>\d+)/coseg/quality/(?P<method>[a-z0-9_]+)\.json$"
@@ -125,16 +123,9 @@ def quality_tables(paths: Sequence[str | Path]) -> list[dict]:
     return tables
 
 
-def _format_values(values: Sequence[float], percent: bool) -> str:
-    """Seeds' values → ``"31.2"`` / ``"31.2 ± 0.4"`` (``percent``: fractions as %), or 3
-    significant digits (``"5.00"``, ``"1.2e-05"``) for raw scalars."""
-    vals = np.array(values, dtype=np.float64) * (100.0 if percent else 1.0)
-    if vals.size == 0:
-        return MISSING
-    text = (lambda v: f"{v:.1f}") if percent else (lambda v: f"{v:.3g}")
-    if vals.size == 1:
-        return text(vals[0])
-    return f"{text(vals.mean())} ± {text(vals.std(ddof=1))}"
+def _cell(values: Sequence[float], percent: bool) -> str:
+    """A fraction as % (one decimal), a raw scalar to 3 significant digits; seeds as mean ± std."""
+    return format_cell(values) if percent else format_cell(values, scale=1.0, spec=".3g")
 
 
 def learned_tables(paths: Sequence[str | Path]) -> list[dict]:
@@ -177,7 +168,7 @@ def learned_tables(paths: Sequence[str | Path]) -> list[dict]:
             dict.fromkeys((m, q, pct) for m, q, pct, _ in cells[key]), key=lambda r: method_sort_key(r[0])
         )
         rows = [
-            [method_label(m), q, *(_format_values(cells[key].get((m, q, pct, p), []), pct) for p in columns)]
+            [method_label(m), q, *(_cell(cells[key].get((m, q, pct, p), []), pct) for p in columns)]
             for m, q, pct in quantities
         ]
         tables.append(

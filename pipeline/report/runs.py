@@ -212,15 +212,16 @@ def class_range(classes: Sequence[int]) -> str:
     return ",".join(parts) if parts else MISSING
 
 
-def format_cell(values: Sequence[float | None]) -> str:
+def format_cell(values: Sequence[float | None], scale: float = 100.0, spec: str = ".1f") -> str:
     """Fractions of seeds -> ``"65.4"`` (one seed), ``"65.4 ± 1.2"`` (mean ± sample std, ddof=1)
-    or ``"–"`` (no value); nulls are left out."""
-    vals = np.array([v for v in values if v is not None], dtype=np.float64) * 100.0
+    or ``"–"`` (no value); nulls are left out. ``scale`` and the format ``spec`` serve raw
+    scalars too (``scale=1, spec=".3g"``: ``"5"``, ``"2.5 ± 0.1"``)."""
+    vals = np.array([v for v in values if v is not None], dtype=np.float64) * scale
     if vals.size == 0:
         return MISSING
     if vals.size == 1:
-        return f"{vals[0]:.1f}"
-    return f"{vals.mean():.1f} ± {vals.std(ddof=1):.1f}"
+        return f"{vals[0]:{spec}}"
+    return f"{vals.mean():{spec}} ± {vals.std(ddof=1):{spec}}"
 
 
 def slug(text) -> str:
