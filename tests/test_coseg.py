@@ -287,6 +287,47 @@ def test_resume_skips_cached_images_and_stale_cache_is_an_error(step1):
         open_cache(out, expected_provenance({**TINY_MODELS, "n_seeds": 3}))
 
 
+def test_resumed_run_computes_each_image_in_its_uninterrupted_batch(step1, monkeypatch):
+    """A kill inside a batch: the resumed run recomputes that batch whole (CPU kernels differ
+    across batch compositions), skips the batches cached in full, writes only missing images,
+    and the cache equals an uninterrupted run's array for array."""
+    from pipeline.foundation.compute import CosegModels
+
+    root, split, data = step1
+    ids = json.loads(split.read_text())["ids"]
+    calls: list[list[str]] = []
+    original = CosegModels.__call__
+
+    def recording(self, images, batch_ids, labels):
+        calls.append(list(batch_ids))
+        return original(self, images, batch_ids, labels)
+
+    monkeypatch.setattr(CosegModels, "__call__", recording)
+    reference = root / "batches" / "reference.h5"
+    _coseg(split, data, TINY_MODELS, reference)
+    full_batches = list(calls)
+    assert len(full_batches) >= 3 and all(len(b) == 4 for b in full_batches[:-1])
+    # a run killed after the first batch and two images of the second
+    kept = full_batches[0] + full_batches[1][:2]
+    provenance = expected_provenance(TINY_MODELS)
+    with open_cache(reference, provenance) as cache:
+        arrays = {i: cache.get(i) for i in ids}
+    resumed = root / "batches" / "coseg.h5"
+    with CacheWriter(resumed, provenance) as writer:
+        for image_id in kept:
+            writer.put(image_id, {k: arrays[image_id][k] for k in ("classes", "clip", "attention", "seeds")})
+    calls.clear()
+    _coseg(split, data, TINY_MODELS, resumed)
+    assert calls == full_batches[1:]
+    with open_cache(resumed, provenance) as cache:
+        assert sorted(cache.ids()) == sorted(ids)
+        for image_id in ids:
+            got = cache.get(image_id)
+            for key in ("classes", "clip", "attention", "seeds"):
+                assert got[key].dtype == arrays[image_id][key].dtype
+                assert np.array_equal(got[key], arrays[image_id][key]), (image_id, key)
+
+
 def test_clip_source_writes_feature_resolution_scores(step1):
     root, split, data = step1
     out = root / "clip" / "coseg.h5"

@@ -303,10 +303,14 @@ def compute_cache(
                     bar.update()
             elif todo:
                 models = CosegModels(cfg, new_classes, device, split.get("task_table", "voc"))
-                sizes = {i: (int(index["index"][i]["height"]), int(index["index"][i]["width"])) for i in todo}
-                shapes = {i: models.input_shape(*sizes[i]) for i in todo}
-                batches = bucket_batches(todo, shapes, cfg["batch_size"])
-                dataset = ResizedImages(index["root"], shapes)
+                sizes = {i: (int(index["index"][i]["height"]), int(index["index"][i]["width"])) for i in ids}
+                shapes = {i: models.input_shape(*sizes[i]) for i in ids}
+                # Batches are cut from the full ordered id list, not from what is left to do, so a
+                # resumed run computes each image in the batch it had in an uninterrupted run (CPU
+                # kernels are not bit-identical across batch compositions); a batch that was cached
+                # in part is recomputed and only its missing images are written.
+                batches = [b for b in bucket_batches(ids, shapes, cfg["batch_size"]) if not writer.done.issuperset(b)]
+                dataset = ResizedImages(index["root"], {i: shapes[i] for b in batches for i in b})
                 position = {image_id: n for n, image_id in enumerate(dataset.ids)}
                 loader = DataLoader(
                     dataset,
@@ -317,11 +321,12 @@ def compute_cache(
                 )
                 for batch in loader:
                     results = models(batch["image"], batch["id"], [labels[i] for i in batch["id"]])
-                    for image_id, arrays in zip(batch["id"], results):
+                    missing = [(i, arrays) for i, arrays in zip(batch["id"], results) if i not in writer.done]
+                    for image_id, arrays in missing:
                         writer.put(
                             image_id, arrays, {"size": list(sizes[image_id]), "input_shape": list(shapes[image_id])}
                         )
-                    bar.update(len(batch["id"]))
+                    bar.update(len(missing))
         path = writer.finish({**step_attrs(split), "n_images": len(ids)})
     log.info("wrote %s", path)
     return path
