@@ -2,6 +2,8 @@
 
 A crash (or ``SIGKILL``) in the middle of a write therefore never leaves a file that looks
 finished: the temporary file carries a ``.tmp-<pid>`` suffix that no rule declares as output.
+A kill leaves that temporary behind; the next write of the same path removes it (when no process
+of that id is running on this host), so a re-run after a kill leaves no stale temporaries.
 """
 
 from __future__ import annotations
@@ -9,7 +11,9 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,6 +21,41 @@ from typing import Any
 import numpy as np
 
 from pipeline.faultpoint import fault_point
+
+log = logging.getLogger(__name__)
+
+
+def _running(pid: int) -> bool:
+    """Whether a process ``pid`` exists on this host (signal 0 checks without sending)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
+    """Delete the temporaries of ``path`` (``<stem>.tmp-<pid><suffix>``) left by killed writers.
+
+    A temporary whose pid is a running process (another writer, or this one) is kept.
+
+    Returns:
+        the removed paths (each also logged as a warning).
+    """
+    path = Path(path)
+    pattern = re.compile(rf"{re.escape(path.stem)}\.tmp-(\d+){re.escape(path.suffix)}")
+    removed = []
+    if not path.parent.is_dir():
+        return removed
+    for candidate in path.parent.iterdir():
+        match = pattern.fullmatch(candidate.name)
+        if match and not _running(int(match.group(1))) and candidate.is_file():
+            candidate.unlink(missing_ok=True)
+            log.warning("removed %s, the temporary of a killed writer of %s", candidate, path.name)
+            removed.append(candidate)
+    return removed
 
 
 @contextlib.contextmanager
@@ -26,11 +65,15 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     The temporary name keeps the suffix of ``path`` (``model.tmp-123.pt``) so that libraries
     choosing a format from the extension (PIL, matplotlib, h5py) still work.
 
+    Temporaries of ``path`` left by killed writers are removed first
+    (:func:`remove_stale_temporaries`).
+
     Raises:
         Whatever the block raises; the temporary file is removed in that case.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(path)
     tmp = path.with_name(f"{path.stem}.tmp-{os.getpid()}{path.suffix}")
     try:
         yield tmp

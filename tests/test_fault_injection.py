@@ -88,6 +88,24 @@ def test_kill_during_an_atomic_write_leaves_only_a_cut_temporary(tmp_path):
     assert (tmp_path / names[1]).stat().st_size == full // 2
 
 
+def test_the_re_run_after_a_kill_removes_the_killed_writers_temporary(tmp_path):
+    proc = _python(WRITE_THREE, tmp_path, "during:out*.json@2")
+    assert proc.returncode == -signal.SIGKILL
+    (stale,) = tmp_path.glob("out1.tmp-*.json")
+    # a temporary of a writer that is still running (this test's process) is not touched
+    live = tmp_path / f"out1.tmp-{os.getpid()}.json"
+    live.write_text("{}")
+    other = tmp_path / "out10.tmp-1.json"  # another file's temporary
+    other.write_text("{}")
+    proc = _python(WRITE_THREE, tmp_path, None)
+    assert proc.returncode == 0, proc.stderr
+    assert not stale.exists() and f"removed {stale.name}" in proc.stderr
+    assert live.exists() and other.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["out0.json", "out1.json", "out2.json", live.name, other.name]
+    )
+
+
 def test_kill_after_a_write_keeps_it_complete(tmp_path):
     proc = _python(WRITE_THREE, tmp_path, "after:out1.json@1")
     assert proc.returncode == -signal.SIGKILL
